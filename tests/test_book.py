@@ -1,0 +1,64 @@
+"""The book as a whole: every chapter runs in Colab, README matches its notebook and .ci/run, site inputs build."""
+import configparser, json, re, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = sorted(p for p in (ROOT / 'nbs').glob('*.ipynb') if not p.name.startswith('_'))
+CFG = configparser.ConfigParser(); CFG.read(ROOT / 'settings.ini'); CFG = CFG['DEFAULT']
+
+
+def cells(nb): return json.loads(nb.read_text(encoding='utf-8'))['cells']
+
+
+@pytest.mark.parametrize('nb', NBS, ids=lambda p: p.name)
+def test_chapter_opens_in_colab(nb):
+    cs = cells(nb)
+    badge = f"colab.research.google.com/github/{CFG['user']}/{CFG['repo']}/blob/{CFG['branch']}/nbs/{nb.name}"
+    assert badge in ''.join(cs[0]['source']), f'{nb.name}: first cell must carry an "Open in Colab" badge to {badge}'
+    install = [c for c in cs[:3] if c['cell_type'] == 'code' and 'google.colab' in ''.join(c['source'])]
+    assert install, f'{nb.name}: needs a Colab install cell right after the title'
+    src = ''.join(install[0]['source'])
+    assert src.startswith('#| hide'), f'{nb.name}: the Colab install cell must be hidden from the site'
+    assert f"github.com/{CFG['user']}/{CFG['repo']}" in src
+
+
+@pytest.mark.parametrize('nb', NBS, ids=lambda p: p.name)
+def test_chapter_has_title_and_summary(nb):
+    first = ''.join(cells(nb)[0]['source'])
+    assert re.match(r'# \S', first) and '\n> ' in first, f'{nb.name}: first cell needs "# Title" and "> summary" for the site'
+
+
+def test_readme_is_generated_from_index():
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'make_readme.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / 'README.md').read_text(encoding='utf-8')
+    block = re.search(r'## Quick start.*?```sh\n(.*?)```', readme, re.S).group(1).strip().splitlines()
+    assert len(block) == 2, block
+    main, test = block
+    assert main.startswith('pip install -e . && '), main
+    assert test.startswith('pip install -e ".[dev]" && '), test
+    assert 'nbdev_test' in test and 'pytest' in test
+    ci = (ROOT / '.ci' / 'run').read_text()
+    assert """grep -m1 -E '^pip install -e "\\.\\[dev\\]" && ' README.md""" in ci
+    script = main.split('&& ')[1].split()[0]
+    assert f'{script}=' in CFG['console_scripts'], f'the main job {script} must be a console script in settings.ini'
+
+
+def test_requirements_never_pin_torch():
+    reqs = CFG['requirements'].split()
+    torch_req = [r for r in reqs if r.startswith('torch')]
+    assert torch_req and not any('==' in r or '<' in r for r in torch_req), torch_req
+    assert not re.search(r'^\s*(import|from) pkg_resources', (ROOT / 'setup.py').read_text(), re.M)
+
+
+@pytest.mark.skipif(shutil.which('nbdev_proc_nbs') is None, reason='nbdev is not installed')
+def test_site_inputs_are_produced_for_every_chapter(tmp_path):
+    proc = ROOT / '_proc'
+    r = subprocess.run(['nbdev_proc_nbs'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for nb in NBS: assert (proc / nb.name).exists(), f'{nb.name} missing from _proc'
+    assert (proc / '_quarto.yml').exists()
