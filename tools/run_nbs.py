@@ -1,0 +1,35 @@
+"""Execute notebooks in place so the site shows their outputs (plots, tables): `python tools/run_nbs.py nbs/01_nonlocal.ipynb ...`.
+
+nbdev renders the outputs stored in the notebooks (it does not execute them), so chapters are executed before a release.
+Cells marked `#| eval: false` are skipped; slow cells run. Stops at the first failing cell. Run `nbdev_clean` afterwards."""
+import os, sys, time
+from pathlib import Path
+from execnb.shell import CaptureShell
+from execnb.nbio import read_nb, write_nb
+from nbdev.process import extract_directives
+
+os.environ.setdefault('MPLBACKEND', 'Agg')
+
+
+def no_eval(cell):
+    "True for cells that must not run (`#| eval: false`)."
+    if cell.cell_type != 'code': return True
+    d = getattr(cell, 'directives_', {}) or {}
+    return 'eval:' in d and str(d['eval:'][0]).lower() == 'false'
+
+
+def run(path: Path):
+    nb = read_nb(path)
+    for c in nb.cells:
+        if c.cell_type == 'code': c.directives_ = extract_directives(c, remove=False)
+    shell = CaptureShell()
+    shell.set_path(path.parent.resolve())
+    t0 = time.time()
+    shell.run_all(nb, exc_stop=True, preproc=no_eval)
+    for c in nb.cells: c.pop('directives_', None)
+    write_nb(nb, path)
+    print(f'{path}: executed in {time.time() - t0:.0f}s')
+
+
+if __name__ == '__main__':
+    for p in sys.argv[1:]: run(Path(p))
