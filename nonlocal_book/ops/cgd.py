@@ -118,7 +118,7 @@ def cgd_apply(X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     "Eq. 11 / Eq. 4: X̂ = X (1 + tanh z), `z` broadcastable to `X`."
     return X * (1 + torch.tanh(z))
 
-# %% ../../nbs/04_cgd.ipynb #8b8f0253
+# %% ../../nbs/04_cgd.ipynb #034695bc
 DIMS = ('channel', 'height', 'width')
 TEMPORAL = ('sum', 'mean', 'concat')
 INITS = ('identity', 'zeros', 'xavier')
@@ -130,17 +130,18 @@ class CGDBlock(OperatorBlock):
     g, f from Table 2 (`variant`), along the dimension of interest `dim`. Input (B, C, T, H, W) or (B, C, H, W).
     While recording, keeps `gate` = tanh z of shape (B, T or 1, N) (N entries along `dim`)."""
     def __init__(self, channels: int, variant: str = 'v10', dim: str = 'channel', temporal: str = 'sum',
-                 frames: int | None = None, size: int | None = None, init: str = 'identity', bias: bool = True):
+                 num_frames: int | None = None, map_size: int | None = None, init: str = 'identity', bias: bool = True):
         super().__init__()
         _check_variant(variant)
         for name, value, allowed in (('dim', dim, DIMS), ('temporal', temporal, TEMPORAL), ('init', init, INITS)):
             if value not in allowed: raise ValueError(f"unknown {name}={value!r}; choose one of {allowed}")
-        if temporal == 'concat' and not frames:
-            raise ValueError("temporal='concat' sizes w by the clip length: pass frames=T (or use temporal='sum' or 'mean')")
-        if dim != 'channel' and not size:
-            raise ValueError(f"dim={dim!r} sizes w by the feature map's {'H' if dim == 'height' else 'W'}: pass size=")
-        self.channels, self.variant, self.dim, self.temporal, self.frames, self.size = channels, variant, dim, temporal, frames, size
-        self.n = n = (channels if dim == 'channel' else size) * (frames if temporal == 'concat' else 1)
+        if temporal == 'concat' and not num_frames:
+            raise ValueError("temporal='concat' sizes w by the clip length: pass num_frames=T (or use temporal='sum' or 'mean')")
+        if dim != 'channel' and not map_size:
+            raise ValueError(f"dim={dim!r} sizes w by the feature map's {'H' if dim == 'height' else 'W'}: pass map_size=")
+        self.channels, self.variant, self.dim, self.temporal = channels, variant, dim, temporal
+        self.num_frames, self.map_size = num_frames, map_size
+        self.n = n = (channels if dim == 'channel' else map_size) * (num_frames if temporal == 'concat' else 1)
         levels = cgd_levels(variant)
         self.weights = nn.ParameterList([nn.Parameter(torch.zeros(n)) for _ in range(levels)])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(n)) for _ in range(levels)]) if bias else None
@@ -151,13 +152,13 @@ class CGDBlock(OperatorBlock):
 
     def _check(self, x5):
         T, H, W = x5.shape[2:]
-        if self.temporal == 'concat' and T != self.frames:
-            raise ValueError(f"CGDBlock(temporal='concat') was built for frames={self.frames} but got T={T}; "
-                             f"build it with frames={T} or use temporal='sum'")
-        if self.dim != 'channel' and (H if self.dim == 'height' else W) != self.size:
+        if self.temporal == 'concat' and T != self.num_frames:
+            raise ValueError(f"CGDBlock(temporal='concat') was built for num_frames={self.num_frames} but got T={T}; "
+                             f"build it with num_frames={T} or use temporal='sum'")
+        if self.dim != 'channel' and (H if self.dim == 'height' else W) != self.map_size:
             side = 'H' if self.dim == 'height' else 'W'
-            raise ValueError(f"CGDBlock(dim={self.dim!r}) was built for {side}={self.size} but got {side}="
-                             f"{H if self.dim == 'height' else W}; build it with size= that {side}")
+            raise ValueError(f"CGDBlock(dim={self.dim!r}) was built for {side}={self.map_size} but got {side}="
+                             f"{H if self.dim == 'height' else W}; build it with map_size= that {side}")
 
     def descriptor(self, x5):
         "z (B, N): the pre-activation descriptor of a video `x5` (B, C, T, H, W), frames handled per `temporal`."
@@ -224,17 +225,17 @@ def cgd_resnet_params(widths=RESNET50_WIDTHS, **options) -> int:
     "Parameters CGD adds to a network with one `CGDBlock(c, **options)` per entry of `widths` (default: ResNet-50's 16 bottlenecks)."
     return sum(count_params(CGDBlock(c, **options)) for c in widths)
 
-# %% ../../nbs/04_cgd.ipynb #dbc15bfb
+# %% ../../nbs/04_cgd.ipynb #edac458c
 register('cgd', CGDBlock, doc='compact global descriptor, cascade v10, Eq. 12 frame sum, identity start (He et al. 2019)')
 register('cgd_official', CGDBlock, temporal='mean', init='xavier',
          doc='CGD as the official video runs: v10, frames averaged, one gate broadcast, Xavier init')
 for _v in VARIANTS:
     register(f'cgd_{_v}', CGDBlock, variant=_v, doc=f'CGD Table 2 variant {_v}: g = {VARIANTS[_v][0]}, f = {VARIANTS[_v][1]}')
-register('cgd_ct', CGDBlock, variant='v1', temporal='concat', frames=4, image=False,
+register('cgd_ct', CGDBlock, variant='v1', temporal='concat', num_frames=4, frames=4, image=False,
          doc='CGD, Figure 4a: frames concatenated along channels, w of length C·T (v1)')
-register('cgd_height', CGDBlock, variant='v1', dim='height', temporal='concat', frames=4, size=8, image=False,
+register('cgd_height', CGDBlock, variant='v1', dim='height', temporal='concat', num_frames=4, map_size=8, frames=4, size=8, image=False,
          doc='CGD, Figure 4b: dimension of interest height × time, z in R^{HT} (v1)')
-register('cgd_width', CGDBlock, variant='v1', dim='width', temporal='concat', frames=4, size=8, image=False,
+register('cgd_width', CGDBlock, variant='v1', dim='width', temporal='concat', num_frames=4, map_size=8, frames=4, size=8, image=False,
          doc='CGD, Figure 4c: dimension of interest width × time, z in R^{WT} (v1)')
 
 def cgd_param_groups(model: nn.Module, weight_decay: float = 1e-4, cgd_weight_decay: float = 4e-5) -> list:
