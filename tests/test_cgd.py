@@ -165,12 +165,40 @@ def test_temporal_forms_differ_on_moving_clips_and_mean_broadcasts_one_gate():
     with torch.no_grad():
         gates = {t: b.gate(clip) for t, b in blocks.items()}
     assert gates['sum'].shape == gates['mean'].shape == (2, 6, 1, 1, 1)     # one gate for every frame
-    assert gates['concat'].shape == (2, 6, 4, 1, 1)                          # one gate per frame
+    assert gates['concat'].shape == gates['frame'].shape == (2, 6, 4, 1, 1)  # one gate per frame
+    assert not torch.allclose(gates['sum'], gates['mean'])
     mean_blk = blocks['mean']
     with torch.no_grad():                                                     # 'mean' = the image block on the frame average
         img_gate = CGDBlock(6, variant='v1')
         img_gate.load_state_dict(mean_blk.state_dict())
         torch.testing.assert_close(gates['mean'][:, :, 0], img_gate.gate(clip.mean(2))[:, :, 0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('variant', list(VARIANTS))
+def test_frame_form_is_the_image_block_on_each_frame(variant):
+    torch.manual_seed(0)
+    clip = torch.randn(2, 6, 3, 4, 5)
+    fr = randomise(CGDBlock(6, variant=variant, temporal='frame'))
+    img = CGDBlock(6, variant=variant); img.load_state_dict(fr.state_dict())
+    with torch.no_grad():
+        y = fr(clip)
+        for t in range(3): torch.testing.assert_close(y[:, :, t], img(clip[:, :, t]), rtol=1e-5, atol=1e-6)
+
+
+def test_frame_terms_sum_to_eq12():
+    torch.manual_seed(0)
+    clip = torch.randn(2, 6, 3, 4, 5)
+    fr = randomise(CGDBlock(6, variant='v3', temporal='frame', bias=False))
+    sm = CGDBlock(6, variant='v3', temporal='sum', bias=False); sm.load_state_dict(fr.state_dict())
+    with torch.no_grad():
+        per_frame = rearrange(fr.descriptor(clip), 'b (t n) -> b t n', t=3)
+        torch.testing.assert_close(per_frame.sum(1), sm.descriptor(clip), rtol=1e-5, atol=1e-6)
+
+
+def test_table3_video_macs_reconciliation():
+    frames = (16,) * 3 + (8,) * 13
+    counted = sum(count_macs(CGDBlock(c, temporal='frame'), torch.randn(1, c, T, 2, 2)) for c, T in zip(RESNET50_WIDTHS, frames))
+    assert counted == 95232                                             # Table 3: +0.095M
 
 
 def test_height_and_width_gates_multiply_rows_and_columns():
@@ -292,7 +320,7 @@ def test_dense_and_compact_macs_on_meta():
 
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_block_macs_formula(variant):
-    for T, temporal in ((1, 'sum'), (3, 'sum'), (3, 'mean'), (3, 'concat')):
+    for T, temporal in ((1, 'sum'), (3, 'sum'), (3, 'mean'), (3, 'concat'), (3, 'frame'), (1, 'frame')):
         blk = CGDBlock(16, variant=variant, temporal=temporal, num_frames=T if temporal == 'concat' else None)
         assert 2 * count_macs(blk, torch.randn(1, 16, T, 5, 5)) == cgd_macs(16, variant, T, temporal)
 
@@ -319,7 +347,7 @@ def test_param_groups_for_weight_decay():
 
 def test_registry_entries():
     names = set(list_operators())
-    assert {'cgd', 'cgd_official', 'cgd_ct', 'cgd_height', 'cgd_width'} | {f'cgd_{v}' for v in VARIANTS} <= names
+    assert {'cgd', 'cgd_official', 'cgd_frame', 'cgd_ct', 'cgd_height', 'cgd_width'} | {f'cgd_{v}' for v in VARIANTS} <= names
     assert build_block('cgd', 32).variant == 'v10' and build_block('cgd', 32).temporal == 'sum'
     off = build_block('cgd_official', 32)
     assert off.temporal == 'mean' and all(p.abs().max() > 0 for p in off.weights)

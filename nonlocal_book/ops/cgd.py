@@ -118,9 +118,9 @@ def cgd_apply(X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     "Eq. 11 / Eq. 4: X̂ = X (1 + tanh z), `z` broadcastable to `X`."
     return X * (1 + torch.tanh(z))
 
-# %% ../../nbs/04_cgd.ipynb #034695bc
+# %% ../../nbs/04_cgd.ipynb #11e6a7e6
 DIMS = ('channel', 'height', 'width')
-TEMPORAL = ('sum', 'mean', 'concat')
+TEMPORAL = ('sum', 'mean', 'concat', 'frame')
 INITS = ('identity', 'zeros', 'xavier')
 _ALONG = {'channel': 'b c t h w -> b t c (h w)', 'height': 'b c t h w -> b t h (c w)', 'width': 'b c t h w -> b t w (c h)'}
 _BACK = {'channel': 'b t c -> b c t 1 1', 'height': 'b t h -> b 1 t h 1', 'width': 'b t w -> b 1 t 1 w'}
@@ -161,18 +161,22 @@ class CGDBlock(OperatorBlock):
                              f"{H if self.dim == 'height' else W}; build it with map_size= that {side}")
 
     def descriptor(self, x5):
-        "z (B, N): the pre-activation descriptor of a video `x5` (B, C, T, H, W), frames handled per `temporal`."
+        "z (B, N), or (B, T·N) for 'concat' and 'frame': the pre-activation descriptor of a video `x5` (B, C, T, H, W)."
         Xd = rearrange(x5, _ALONG[self.dim])                                   # (B, T, N, M)
+        weights, biases = list(self.weights), list(self.biases) if self.biases is not None else None
+        if self.temporal == 'frame':
+            z = cgd_z(rearrange(Xd, 'b t n m -> (b t) 1 n m'), self.variant, weights, biases)
+            return rearrange(z, '(b t) n -> b (t n)', t=Xd.shape[1])
         if self.temporal == 'mean': Xd = reduce(Xd, 'b t n m -> b 1 n m', 'mean')
         if self.temporal == 'concat': Xd = rearrange(Xd, 'b t n m -> b 1 (t n) m')
-        return cgd_z(Xd, self.variant, list(self.weights), list(self.biases) if self.biases is not None else None)
+        return cgd_z(Xd, self.variant, weights, biases)
 
     def gate(self, x):
         "tanh z arranged to broadcast against the input's video form (B, C, T, H, W)."
         x5, _ = to_video(x, 'CGDBlock input')
         check_channels(x5, self.channels, 'CGDBlock'); self._check(x5)
         z = self.descriptor(x5)
-        t = x5.shape[2] if self.temporal == 'concat' else 1
+        t = x5.shape[2] if self.temporal in ('concat', 'frame') else 1
         gate = rearrange(torch.tanh(z), 'b (t n) -> b t n', t=t)
         self.keep(gate=gate)
         return rearrange(gate, _BACK[self.dim])
@@ -209,9 +213,10 @@ class CGDBatchNorm(nn.Module):
         scale, shift = cgd_bn_fold(self.cgd.gate(x5), self.bn)
         return from_video(torch.addcmul(shift, x5, scale), was_image)
 
-# %% ../../nbs/04_cgd.ipynb #fee84745
+# %% ../../nbs/04_cgd.ipynb #e263663b
 def cgd_macs(channels: int, variant: str = 'v10', frames: int = 1, temporal: str = 'sum') -> int:
-    "The paper's count of a channel CGD block: 2N multiply-adds (fᵀw and the scal g·s) per level and per summed frame."
+    "The paper's count of a channel CGD block: 2N multiply-adds (fᵀw and the scal g·s) per level, per frame it runs on."
+    if temporal == 'frame': return frames * cgd_macs(channels, variant, 1, 'mean')
     n = channels * (frames if temporal == 'concat' else 1)
     per_frame = frames if temporal == 'sum' else 1
     g, f = VARIANTS[variant]
@@ -225,12 +230,14 @@ def cgd_resnet_params(widths=RESNET50_WIDTHS, **options) -> int:
     "Parameters CGD adds to a network with one `CGDBlock(c, **options)` per entry of `widths` (default: ResNet-50's 16 bottlenecks)."
     return sum(count_params(CGDBlock(c, **options)) for c in widths)
 
-# %% ../../nbs/04_cgd.ipynb #edac458c
+# %% ../../nbs/04_cgd.ipynb #bb885d2f
 register('cgd', CGDBlock, doc='compact global descriptor, cascade v10, Eq. 12 frame sum, identity start (He et al. 2019)')
 register('cgd_official', CGDBlock, temporal='mean', init='xavier',
          doc='CGD as the official video runs: v10, frames averaged, one gate broadcast, Xavier init')
 for _v in VARIANTS:
     register(f'cgd_{_v}', CGDBlock, variant=_v, doc=f'CGD Table 2 variant {_v}: g = {VARIANTS[_v][0]}, f = {VARIANTS[_v][1]}')
+register('cgd_frame', CGDBlock, temporal='frame',
+         doc="CGD with Eq. 12's per-frame terms: v10 descriptor and gate per frame, shared w, identity start")
 register('cgd_ct', CGDBlock, variant='v1', temporal='concat', num_frames=4, frames=4, image=False,
          doc='CGD, Figure 4a: frames concatenated along channels, w of length C·T (v1)')
 register('cgd_height', CGDBlock, variant='v1', dim='height', temporal='concat', num_frames=4, map_size=8, frames=4, size=8, image=False,
