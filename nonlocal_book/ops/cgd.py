@@ -213,7 +213,7 @@ class CGDBatchNorm(nn.Module):
         scale, shift = cgd_bn_fold(self.cgd.gate(x5), self.bn)
         return from_video(torch.addcmul(shift, x5, scale), was_image)
 
-# %% ../../nbs/04_cgd.ipynb #e263663b
+# %% ../../nbs/04_cgd.ipynb #9a061568
 def cgd_macs(channels: int, variant: str = 'v10', frames: int = 1, temporal: str = 'sum') -> int:
     "The paper's count of a channel CGD block: 2N multiply-adds (fᵀw and the scal g·s) per level, per frame it runs on."
     if temporal == 'frame': return frames * cgd_macs(channels, variant, 1, 'mean')
@@ -223,14 +223,14 @@ def cgd_macs(channels: int, variant: str = 'v10', frames: int = 1, temporal: str
     if g in POOLS: return 2 * n * per_frame
     return cgd_macs(channels, g, frames, temporal) + cgd_macs(channels, f, frames, temporal) + 2 * n
 
-# %% ../../nbs/04_cgd.ipynb #0e27853f
+# %% ../../nbs/04_cgd.ipynb #44befe3e
 RESNET50_WIDTHS = (64,) * 3 + (128,) * 4 + (256,) * 6 + (512,) * 3   # conv1 width of each bottleneck, res2..res5
 
 def cgd_resnet_params(widths=RESNET50_WIDTHS, **options) -> int:
     "Parameters CGD adds to a network with one `CGDBlock(c, **options)` per entry of `widths` (default: ResNet-50's 16 bottlenecks)."
     return sum(count_params(CGDBlock(c, **options)) for c in widths)
 
-# %% ../../nbs/04_cgd.ipynb #bb885d2f
+# %% ../../nbs/04_cgd.ipynb #f63db8f3
 register('cgd', CGDBlock, doc='compact global descriptor, cascade v10, Eq. 12 frame sum, identity start (He et al. 2019)')
 register('cgd_official', CGDBlock, temporal='mean', init='xavier',
          doc='CGD as the official video runs: v10, frames averaged, one gate broadcast, Xavier init')
