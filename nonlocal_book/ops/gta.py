@@ -317,7 +317,7 @@ class GTABlock(OperatorBlock):
         self.temporal.check_frames(x5.shape[2], was_image)      # before any work is done
         return from_video(self.temporal(self.spatial(x5)), was_image)
 
-# %% ../../nbs/06_gta.ipynb #955e302e
+# %% ../../nbs/06_gta.ipynb #591bb2c6
 def spatial_macs(C, T, H, W, e):  return 4 * T * H * W * C * e + 2 * T * (H * W) ** 2 * e
 def temporal_macs(C, T, H, W, e): return 4 * T * H * W * C * e + 2 * H * W * T ** 2 * e
 
@@ -334,7 +334,7 @@ def dnl_macs(C, T, H, W, inner=None, spatial=True):
     e = _inner(C, inner)
     return (spatial_macs(C, T, H, W, e) if spatial else 0) + temporal_macs(C, T, H, W, e)
 
-# %% ../../nbs/06_gta.ipynb #ed6220bc
+# %% ../../nbs/06_gta.ipynb #03899fb1
 register('dnl', DNLBlock, doc='decoupled non-local: spatial then temporal self-attention (GTA paper, Eq. 3-4)')
 register('tape', DNLBlock, pos_enc='sine', doc='decoupled non-local with a sinusoidal frame encoding (TAPE, GTA paper Table 6)')
 register('gta', GTABlock, image=False, frames=4, channels=32, T=4,
