@@ -235,7 +235,7 @@ def stage_shapes(model: VideoResNet, frames: int = 8, size: int = 224, in_channe
         for h in hooks: h.remove()
     return shapes
 
-# %% ../../nbs/10_backbones.ipynb #80054caa
+# %% ../../nbs/10_backbones.ipynb #bfd0a588
 def _block_indices(stage_name, stage, which):
     n = len(stage.blocks)
     idx = range(n) if which == 'all' else [which] if isinstance(which, int) else list(which)
@@ -249,9 +249,10 @@ def _wants_T(cls):
     except (TypeError, ValueError): return False
 
 def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after', frames: int | None = None,
-                    size: int = 32, **options) -> list:
+                    size: int = 32, stage_options: dict | None = None, **options) -> list:
     """Insert the operator registered as `name` into `model` after (or `where='inside'`) the residual blocks `at`
-    ({'res3': (1, 3), 'res4': 'all'}, or 'all'); indices count from 0 within a stage. Returns the inserted modules' names."""
+    ({'res3': (1, 3), 'res4': 'all'}, or 'all'); indices count from 0 within a stage. `options` go to every block,
+    `stage_options` ({'res4': {...}}) to the blocks of one stage on top. Returns the inserted modules' names."""
     if where not in ('after', 'inside'): raise ValueError(f"where must be 'after' or 'inside', got {where!r}")
     spec = get_operator(name)
     stages = model.stages()
@@ -270,7 +271,7 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
         for i in _block_indices(s, stage, which):
             block = stage.blocks[i]
             channels = block.out_channels if where == 'after' else block.conv1.out_channels
-            opts = dict(options)
+            opts = {**options, **(stage_options or {}).get(s, {})}
             if needs_T:   # the clip length where the block runs: the stage's output T (an 'inside' op in the first block sees the same T unless it strides time)
                 opts['T'] = shapes[s][1]
             with torch.device(p.device): op = spec.build(channels, **opts)
@@ -283,12 +284,13 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
                 block.inner = op; inserted.append(f'{s}.blocks.{i}.inner')
     return inserted
 
-# %% ../../nbs/10_backbones.ipynb #57567bb2
+# %% ../../nbs/10_backbones.ipynb #ed0c4f6d
 NL_PLACES = {'res3': (1, 3), 'res4': (1, 3, 5)}
 PRESETS = {
     'nl':       dict(op='nl',  where='after',  at=NL_PLACES, source='Wang et al. 2018; official code i % 2 == 1'),
     'bat':      dict(op='bat', where='after',  at=NL_PLACES, source='Chi et al. 2020: 5 blocks evenly on Res3 and Res4'),
-    'rnl':      dict(op='rnl', where='after',  at={'res3': (0, 2), 'res4': (0, 2, 4)}, source="Huang et al. 2020, the author's code"),
+    'rnl':      dict(op='rnl', where='after',  at={'res3': (0, 2), 'res4': (0, 2, 4)}, source="Huang et al. 2020, the author's code",
+                     stage_options={'res4': dict(kernel=(3, 3, 3))}),
     'cgd':      dict(op='cgd', where='inside', at='all', source='He et al. 2019: right after the first conv of every block'),
     'a2':       dict(op='a2',  where='after',  at=NL_PLACES, source='Chen et al. 2018: 5 blocks at Conv3 and Conv4'),
     'a2_conv4': dict(op='a2',  where='after',  at={'res4': (1,)}, source='Chen et al. 2018, Table 2: after the 2nd unit of conv4'),
@@ -296,7 +298,10 @@ PRESETS = {
 }
 
 def insert_preset(model: VideoResNet, preset: str, op: str | None = None, frames: int | None = None, **options) -> list:
-    "Insert operators at a paper's places (`PRESETS[preset]`); `op` swaps the operator, `options` go to its constructor."
+    """Insert operators at a paper's places (`PRESETS[preset]`); `op` swaps the operator, `options` go to its constructor.
+    The preset's own per-stage options (RNL's 3×3×3 region in res4) apply only to the preset's own operator."""
     if preset not in PRESETS: raise KeyError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    return insert_operator(model, op or p['op'], at=p['at'], where=p['where'], frames=frames, **options)
+    name = op or p['op']
+    stage_options = p.get('stage_options') if name == p['op'] else None
+    return insert_operator(model, name, at=p['at'], where=p['where'], frames=frames, stage_options=stage_options, **options)
