@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from nonlocal_book.core import OPERATORS, OperatorBlock, count_params, list_operators, get_operator, register
 from nonlocal_book.models.backbones import (PRESETS, STAGES, KINDS, temporal_shift, temporal_shift_literal, video_resnet,
-                                            a2_resnet, tiny_resnet, insert_operator, insert_preset, stage_shapes, i3d_kernels)
+                                            a2_resnet, tiny_resnet, insert_operator, insert_preset, stage_shapes, i3d_kernels,
+                                            VideoResNet)
 from nonlocal_book.models.pretrained import (load_imagenet, to_torchvision_state_dict, inflate_state_dict, inflate_weight,
                                              torchvision_to_book, book_to_torchvision)
 
@@ -143,7 +144,16 @@ def test_fixed_T_operators_get_their_stage_T():
             m = a2_resnet(26)
             names = insert_preset(m, 'a2_conv4', op='_needs_t', frames=16)
             assert m.get_submodule(names[0]).T == 8
+            # inside the first conv2 block, time has not been strided yet: 16 frames; after it, 8
+            names = insert_operator(m, '_needs_t', at={'res2': (0,)}, where='inside', frames=16)
+            names += insert_operator(m, '_needs_t', at={'res2': (0,)}, where='after', frames=16)
+            assert [m.get_submodule(n).T for n in names] == [16, 8]
             m(torch.empty(1, 3, 16, 112, 112, device='meta'))
+            # a basic block strides time in its first conv: the inside operator sees the strided T
+            m = VideoResNet((1, 1, 1, 1), 'basic', 5, width=8, stem='small', t_strides=[[1], [2], [1], [1]])
+            names = insert_operator(m, '_needs_t', at={'res3': (0,)}, where='inside', frames=8)
+            assert m.get_submodule(names[0]).T == 4
+            m(torch.empty(1, 3, 8, 32, 32, device='meta'))
     finally:
         del OPERATORS['_needs_t']
 
@@ -273,3 +283,79 @@ def test_load_from_a_local_state_dict_file(tmp_path):
     rep = load_imagenet(dst, path=str(tmp_path / 'ckpt.pth'))
     assert rep.kept == [] and rep.skipped == []
     assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
+
+
+# ---------------------------------------------------------------- complexity counting (results chapter)
+def test_meta_count_equals_real_count_and_falls_back_for_meta_hostile_operators():
+    "An operator that cannot run on the meta device is counted on real zeros; the total equals a real-tensor count."
+    from nonlocal_book.core import count_macs
+    from nonlocal_book.results.complexity import PaperRow, measure_row, within_rounding
+    class Hostile(OperatorBlock):
+        def __init__(self, channels): super().__init__(); self.channels = channels; self.proj = nn.Conv3d(channels, channels, 1)
+        def forward(self, x):
+            if float(x.abs().sum()) < 0: raise RuntimeError('unreachable')     # data-dependent: impossible on meta
+            return x + self.proj(x)
+    register('_hostile', Hostile, doc='test: needs real data')
+    try:
+        row = PaperRow('t', 'test', 'tiny + hostile', lambda: tiny_resnet('c2d', width=8), (8, 32, 32), None, None,
+                       op='_hostile', preset='nl')
+        rec = measure_row(row)
+        torch.manual_seed(0)
+        real = tiny_resnet('c2d', width=8); insert_preset(real, 'nl', op='_hostile')
+        assert rec['gmacs'] * 1e9 == count_macs(real, torch.zeros(1, 3, 8, 32, 32))
+        assert rec['params'] * 1e6 == count_params(real)
+        plain = measure_row(PaperRow('p', 'test', 'tiny', lambda: tiny_resnet('c2d', width=8), (8, 32, 32), None, None))
+        assert rec['gmacs'] > plain['gmacs']
+    finally:
+        del OPERATORS['_hostile']
+    assert within_rounding(0.0227, 0.02) and not within_rounding(0.031, 0.02)
+
+
+def test_unregistered_operator_rows_say_so():
+    from nonlocal_book.results.complexity import PaperRow, measure_row, NOT_IN_BOOK
+    row = PaperRow('x', 'test', 'r', lambda: tiny_resnet('c2d', width=8), (8, 32, 32), 1.0, 1.0, op='_not_registered', preset='nl')
+    rec = measure_row(row)
+    assert rec['status'] == NOT_IN_BOOK and rec['params'] is None
+
+
+# ---------------------------------------------------------------- a functional 2D ResNet on torchvision's names
+def _resnet2d_forward(sd, x, layers, bottleneck):
+    """torchvision's ResNet written as plain functional 2D ops on a state dict with torchvision's names (v1.5: stride on the
+    3×3 of a bottleneck, on conv1 of a basic block; downsample = 1×1 conv with stride + BN). Independent of the book's modules."""
+    def bn(t, p): return F.batch_norm(t, sd[p + '.running_mean'], sd[p + '.running_var'], sd[p + '.weight'], sd[p + '.bias'], False, 0.0, 1e-5)
+    def conv(t, p, stride=1):
+        w = sd[p + '.weight']
+        return F.conv2d(t, w, stride=stride, padding=w.shape[-1] // 2)
+    x = F.max_pool2d(F.relu(bn(F.conv2d(x, sd['conv1.weight'], stride=2, padding=3), 'bn1')), 3, 2, 1)
+    for li, n in enumerate(layers, start=1):
+        for j in range(n):
+            p, stride = f'layer{li}.{j}', 2 if (j == 0 and li > 1) else 1
+            if bottleneck:
+                y = F.relu(bn(conv(x, p + '.conv1'), p + '.bn1'))
+                y = F.relu(bn(conv(y, p + '.conv2', stride), p + '.bn2'))
+                y = bn(conv(y, p + '.conv3'), p + '.bn3')
+            else:
+                y = F.relu(bn(conv(x, p + '.conv1', stride), p + '.bn1'))
+                y = bn(conv(y, p + '.conv2'), p + '.bn2')
+            sc = bn(F.conv2d(x, sd[p + '.downsample.0.weight'], stride=stride), p + '.downsample.1') if p + '.downsample.0.weight' in sd else x
+            x = F.relu(y + sc)
+    return F.linear(x.mean((2, 3)), sd['fc.weight'], sd['fc.bias'])
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_c2d_one_frame_equals_a_functional_2d_resnet(depth):
+    "Without torchvision: a random torchvision-named 2D state dict, loaded into C2D, gives the functional 2D network's logits."
+    torch.manual_seed(depth)
+    c2d = video_resnet(depth, 'c2d', num_classes=7, temporal_pool=False, width=16).eval()
+    sd = {}
+    for k, v in to_torchvision_state_dict(c2d).items():   # names and shapes only; values drawn afresh
+        if k.endswith('running_var'): sd[k] = torch.rand(v.shape) + 0.5
+        elif k.endswith('num_batches_tracked'): sd[k] = v
+        elif v.ndim == 4: sd[k] = torch.randn(v.shape) * (2 / (v.shape[1] * v.shape[2] * v.shape[3])) ** 0.5
+        else: sd[k] = torch.randn(v.shape) * 0.1 + (1.0 if k.endswith('.weight') and v.ndim == 1 else 0.0)
+    rep = load_imagenet(c2d, state_dict=sd)
+    assert rep.kept == [] and rep.skipped == []
+    layers = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(): ref, ours = _resnet2d_forward(sd, x, layers, depth == 50), c2d(x.unsqueeze(2))
+    torch.testing.assert_close(ours, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)

@@ -14,7 +14,7 @@ from ..core import *
 # %% auto #0
 __all__ = ['STAGES', 'RESNET_LAYERS', 'KINDS', 'NL_PLACES', 'PRESETS', 'temporal_shift_literal', 'temporal_shift', 'Bottleneck',
            'BasicBlock', 'Stage', 'VideoResNet', 'i3d_kernels', 'video_resnet', 'a2_resnet', 'tiny_resnet',
-           'stage_shapes', 'insert_operator', 'insert_preset']
+           'stage_shapes', 'operator_input_shapes', 'insert_operator', 'insert_preset']
 
 # %% ../../nbs/10_backbones.ipynb #09f7c6fb
 def temporal_shift_literal(x, fold_div: int = 8):
@@ -107,7 +107,7 @@ class Stage(nn.Module):
             if str(i) in self.after: x = self.after[str(i)](x)
         return x
 
-# %% ../../nbs/10_backbones.ipynb #d3e408ee
+# %% ../../nbs/10_backbones.ipynb #d37c8550
 STAGES = ('res2', 'res3', 'res4', 'res5')
 
 class VideoResNet(nn.Module):
@@ -168,7 +168,7 @@ class VideoResNet(nn.Module):
         "The res5 feature map (B, C, T', H', W')."
         x, _ = to_video(x, 'VideoResNet input')
         check_channels(x, self.stem[0].in_channels, 'VideoResNet')
-        if self.config['temporal_pool'] and x.shape[2] < 2 * (self.stem[0].stride[0]):
+        if self.config['temporal_pool'] and x.shape[2] < 2:
             raise ValueError(f"this backbone max-pools time by 2 after res2, so it needs at least 2 frames (got T={x.shape[2]}); "
                              "pass more frames or build it with temporal_pool=False")
         x = self.tpool(self.res2(self.stem(x)))
@@ -219,7 +219,7 @@ def tiny_resnet(kind: str = 'c2d', num_classes: int = 10, width: int = 8, layers
     return VideoResNet(layers, block, num_classes, width=width, stem='small', temporal_pool=kwargs.pop('temporal_pool', pool),
                        shift=kind == 'tsm', **{**extra, **kwargs})
 
-# %% ../../nbs/10_backbones.ipynb #337b4f19
+# %% ../../nbs/10_backbones.ipynb #d772377a
 @torch.no_grad()
 def stage_shapes(model: VideoResNet, frames: int = 8, size: int = 224, in_channels: int = 3) -> dict:
     "(C, T, H, W) at the output of the stem and of each stage for a (1, in_channels, frames, size, size) clip."
@@ -235,7 +235,24 @@ def stage_shapes(model: VideoResNet, frames: int = 8, size: int = 224, in_channe
         for h in hooks: h.remove()
     return shapes
 
-# %% ../../nbs/10_backbones.ipynb #bfd0a588
+@torch.no_grad()
+def operator_input_shapes(model: VideoResNet, frames: int = 8, size: int = 32, in_channels: int = 3) -> dict:
+    """(C, T, H, W) that an operator would see at each place: {(stage, i, 'after'): block i's output,
+    (stage, i, 'inside'): its first conv's output}. Time can change inside a block (a temporal stride), so both are recorded."""
+    shapes, hooks = {}, []
+    for s, stage in model.stages().items():
+        for i, block in enumerate(stage.blocks):
+            rec = lambda key: (lambda mod, inp, out: shapes.__setitem__(key, tuple(out.shape[1:])))
+            hooks += [block.register_forward_hook(rec((s, i, 'after'))), block.conv1.register_forward_hook(rec((s, i, 'inside')))]
+    p = next(model.parameters())
+    was = model.training; model.eval()
+    try: model.features(torch.zeros(1, in_channels, frames, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was)
+        for h in hooks: h.remove()
+    return shapes
+
+# %% ../../nbs/10_backbones.ipynb #b20bb364
 def _block_indices(stage_name, stage, which):
     n = len(stage.blocks)
     idx = range(n) if which == 'all' else [which] if isinstance(which, int) else list(which)
@@ -263,7 +280,7 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
     if needs_T and frames is None:
         raise ValueError(f"operator {name!r} is built for a fixed clip length T: pass frames=<input clip length> "
                          "(each stage's T is derived from it) or T=<T> directly")
-    shapes = stage_shapes(model, frames, size) if needs_T else {}
+    shapes = operator_input_shapes(model, frames, size) if needs_T else {}
     p = next(model.parameters())
     inserted = []
     for s, which in at.items():
@@ -272,8 +289,7 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
             block = stage.blocks[i]
             channels = block.out_channels if where == 'after' else block.conv1.out_channels
             opts = {**options, **(stage_options or {}).get(s, {})}
-            if needs_T:   # the clip length where the block runs: the stage's output T (an 'inside' op in the first block sees the same T unless it strides time)
-                opts['T'] = shapes[s][1]
+            if needs_T: opts['T'] = shapes[(s, i, where)][1]      # the clip length the operator will see there
             with torch.device(p.device): op = spec.build(channels, **opts)
             op = op.to(p.dtype)
             if where == 'after':
