@@ -24,6 +24,27 @@ def test_temporal_shift_matches_literal(C, T, fold_div):
     assert torch.equal(temporal_shift(x, fold_div), temporal_shift_literal(x, fold_div))
 
 
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=40, deadline=None)
+@given(C=st.integers(1, 24), T=st.integers(1, 6), fold_div=st.integers(1, 8))
+def test_temporal_shift_fuzz(C, T, fold_div):
+    x = torch.randn(1, C, T, 2, 2, dtype=torch.float64)
+    if fold_div < 2 or C // fold_div == 0:
+        with pytest.raises(ValueError, match='fold_div'): temporal_shift(x, fold_div)
+    else:
+        y = temporal_shift(x, fold_div)
+        assert torch.equal(y, temporal_shift_literal(x, fold_div))
+        f = C // fold_div                                    # a shift moves values, it never scales them
+        assert torch.equal(y[:, 2 * f:], x[:, 2 * f:]) and torch.equal(y[:, :f, :-1], x[:, :f, 1:])
+
+
+def test_stage_mapped_to_all():
+    with torch.device('meta'): m = video_resnet(50, 'c2d')
+    assert insert_operator(m, 'se', at={'res5': 'all'}) == ['res5.after.0', 'res5.after.1', 'res5.after.2']
+
+
 def test_temporal_shift_moves_a_pulse():
     x = torch.zeros(1, 8, 4, 1, 1); x[:, :, 2] = 1.0          # every channel lit at frame 2
     y = temporal_shift(x)[0, :, :, 0, 0]

@@ -28,11 +28,12 @@ def temporal_shift_literal(x, fold_div: int = 8):
             if 0 <= src < T: y[:, c, t] = x[:, c, src]
     return y
 
-# %% ../../nbs/10_backbones.ipynb #292b0fc8
+# %% ../../nbs/10_backbones.ipynb #b2ce3db3
 def temporal_shift(x, fold_div: int = 8):
     """Temporal shift (TSM) of a clip (B, C, T, H, W): C // fold_div channels move one frame back in time
     (frame t reads t+1), as many one frame forward (t reads t-1), zeros where the clip ends; the rest are unchanged."""
     if x.ndim != 5: raise ValueError(f"temporal_shift needs a clip (B, C, T, H, W); got shape {tuple(x.shape)}")
+    if fold_div < 2: raise ValueError(f"temporal_shift: fold_div must be at least 2 (two folds of C // fold_div channels move), got {fold_div}")
     C, f = x.shape[1], x.shape[1] // fold_div
     if f == 0: raise ValueError(f"temporal_shift: fold_div={fold_div} leaves no channel to shift out of C={C} channels; "
                                 f"use fold_div <= {C}")
