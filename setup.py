@@ -11,6 +11,7 @@ statuses = ['Planning', 'Pre-Alpha', 'Alpha', 'Beta', 'Production/Stable', 'Matu
 lic = licenses[cfg['license']]
 req = cfg.get('requirements', '').split()
 dev_req = cfg.get('dev_requirements', '').split()
+extras = {'dev': dev_req, **{k[len('extra_'):]: v.split() for k, v in cfg.items() if k.startswith('extra_')}}
 scripts = [s.strip() for s in cfg.get('console_scripts', '').split() if s.strip()]
 
 setuptools.setup(
@@ -33,7 +34,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
     install_requires=req,
-    extras_require={'dev': dev_req},
+    extras_require=extras,
     python_requires='>=' + cfg['min_python'],
     zip_safe=False,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
