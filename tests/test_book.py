@@ -71,3 +71,23 @@ def test_site_inputs_are_produced_for_every_chapter(tmp_path):
     assert 'Quarto is not installed' not in r.stdout + r.stderr, r.stdout + r.stderr
     for nb in NBS: assert (proj / '_proc' / nb.name).exists(), f'{nb.name} missing from _proc'
     assert (proj / '_proc' / '_quarto.yml').exists()
+
+
+def _mixed_import_cells(nb):
+    "Non-exported code cells that mix imports with other statements: nbdev's docs build executes them out of context."
+    import ast
+    bad = []
+    for i, c in enumerate(cells(nb)):
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'code' or re.search(r'^#\|\s*(export|exporti|exports|eval:\s*false)', src, re.M): continue
+        try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('!', '%'))))
+        except SyntaxError: continue
+        kinds = {isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree) if isinstance(n, ast.stmt)}
+        if kinds == {True, False}: bad.append(i)
+    return bad
+
+
+@pytest.mark.parametrize('nb', NBS, ids=lambda p: p.name)
+def test_imports_live_in_their_own_cells(nb):
+    bad = _mixed_import_cells(nb)
+    assert not bad, f'{nb.name}: cells {bad} mix imports with other code; nbdev_docs would execute them out of context'
