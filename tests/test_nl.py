@@ -51,3 +51,13 @@ def test_softmax_in_float32_under_autocast():
     assert a.dtype == torch.bfloat16 and torch.isfinite(a).all()
     torch.testing.assert_close(a.float().sum(-1), torch.ones(1, 16), atol=2e-2, rtol=0)
     torch.testing.assert_close(a.float(), nl_weights(q, k), atol=1e-2, rtol=0)
+
+
+def test_identity_at_init_without_norm_too():
+    # zero_init without a BatchNorm must zero the output conv's bias as well as its weight (a regression: it did not)
+    from nonlocal_book.ops.rnl import RNLBlock
+    from nonlocal_book.ops.a2 import A2Block
+    x = torch.randn(2, 8, 2, 6, 6)
+    with torch.no_grad():
+        for blk in (NLBlock(8, norm=False), RNLBlock(8, norm=False), A2Block(8, norm=False)):
+            assert torch.equal(blk(x), x), type(blk).__name__

@@ -58,7 +58,7 @@ def nl_attend(q, k, v, mode='embedded_gaussian', scale=1.0, w_f=None, backend='e
     y = einsum(A, v, 'b n m, b m c -> b n c')
     return (y, A) if return_weights else y
 
-# %% ../../nbs/01_nonlocal.ipynb #d50f30f7
+# %% ../../nbs/01_nonlocal.ipynb #f52cfe3d
 def _tokens(x): return rearrange(x, 'b c t h w -> b (t h w) c')
 
 class NLBlock(OperatorBlock):
@@ -85,7 +85,7 @@ class NLBlock(OperatorBlock):
         self.bn = nn.BatchNorm3d(channels) if norm else nn.Identity()
         if zero_init:
             if norm: nn.init.zeros_(self.bn.weight)
-            else: nn.init.zeros_(self.out.weight)
+            else: nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)   # no BN: zero the whole output conv
 
     def forward(self, x):
         x5, was_image = to_video(x, 'NLBlock input')

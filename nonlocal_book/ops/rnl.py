@@ -135,7 +135,7 @@ class RNLBlock(OperatorBlock):
         self.bn = nn.BatchNorm3d(channels) if norm else nn.Identity()
         if zero_init:
             if norm: nn.init.zeros_(self.bn.weight)
-            else: nn.init.zeros_(self.out.weight)
+            else: nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)   # no BN: zero the whole output conv
 
     def forward(self, x):
         x5, was_image = to_video(x, 'RNLBlock input')
