@@ -23,7 +23,7 @@ def cli(name, *args, timeout=600, tmp=Path(os.environ.get('TMPDIR', '/tmp'))):
     return subprocess.run([sys.executable, str(stub), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize('name', ['nlb_train', 'nlb_synthetic', 'nlb_demo'])
+@pytest.mark.parametrize('name', ['nlb_train', 'nlb_eval', 'nlb_synthetic', 'nlb_demo'])
 def test_help_explains_every_option(name):
     r = cli(name, '--help')
     assert r.returncode == 0, r.stderr
@@ -80,3 +80,7 @@ def test_train_then_resume_to_more_epochs(tmp_path, tiny_set):
     assert 'resumed at epoch 2' in r2.stdout
     lines = (out / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(l)['epoch'] for l in lines] == [1, 2]
+    ev = cli('nlb_eval', '--out', str(out), '--clips', '2')
+    assert ev.returncode == 0 and 'video top-1' in ev.stdout, ev.stderr[-3000:]
+    missing = cli('nlb_eval', '--out', str(tmp_path / 'nothing'))
+    assert missing.returncode == 2 and 'holds no finished run' in missing.stderr
