@@ -23,15 +23,20 @@ def cli(name, *args, timeout=600, tmp=Path(os.environ.get('TMPDIR', '/tmp'))):
     return subprocess.run([sys.executable, str(stub), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize('name', ['nlb_train', 'nlb_eval', 'nlb_synthetic', 'nlb_demo'])
+@pytest.mark.parametrize('name', ['nlb_train', 'nlb_eval', 'nlb_subset', 'nlb_synthetic', 'nlb_bench', 'nlb_demo'])
 def test_help_explains_every_option(name):
     r = cli(name, '--help')
     assert r.returncode == 0, r.stderr
     opts = re.findall(r'--(\w+)', r.stdout)
     assert opts and 'usage' in r.stdout.lower()
     if name == 'nlb_train':
-        for o in ('op', 'preset', 'backbone', 'data', 'epochs', 'batch_size', 'lr', 'amp', 'workers', 'out', 'resume', 'seed'):
+        for o in ('op', 'preset', 'backbone', 'depth', 'pretrained', 'data', 'videos', 'crop', 'epochs', 'batch_size', 'lr', 'amp',
+                  'op_weight_decay', 'workers', 'out', 'resume', 'seed'):
             assert o in opts, f'--{o} missing from nlb_train --help'
+    if name == 'nlb_subset':
+        for o in ('annotations', 'videos', 'out', 'classes', 'train', 'val', 'seed', 'mini', 'mini_lists'): assert o in opts, o
+    if name == 'nlb_bench':
+        for o in ('operators', 'baseline', 'channels', 'frames', 'size', 'batch', 'device', 'amp', 'forward_only'): assert o in opts, o
 
 
 @pytest.mark.parametrize('args, message', [
@@ -43,6 +48,10 @@ def test_help_explains_every_option(name):
     (['--lr', '-1'], '--lr must be positive'),
     (['--data', '/nonexistent/folder'], 'expected'),
     (['--epochs', 'many'], "invalid int value: 'many'"),
+    (['--depth', '7'], '--depth must be 0'),
+    (['--pretrained', 'imagenet'], '--pretrained needs --depth'),
+    (['--depth', '18'], 'res3 has 2 blocks'),
+    (['--dropout', '1.5'], '--dropout must be in [0, 1)'),
 ])
 def test_bad_arguments_get_one_line_not_a_traceback(tmp_path, args, message):
     r = cli('nlb_train', '--out', str(tmp_path / 'run'), '--quiet', *args, '--data', str(tmp_path / 'none')) if '--data' not in args \
@@ -84,3 +93,52 @@ def test_train_then_resume_to_more_epochs(tmp_path, tiny_set):
     assert ev.returncode == 0 and 'video top-1' in ev.stdout, ev.stderr[-3000:]
     missing = cli('nlb_eval', '--out', str(tmp_path / 'nothing'))
     assert missing.returncode == 2 and 'holds no finished run' in missing.stderr
+
+
+@pytest.mark.parametrize('name, args, message', [
+    ('nlb_bench', ['--operators', 'nl,nope'], "unknown operator(s) ['nope']"),
+    ('nlb_bench', ['--device', 'cuda:7'], '--device cuda:7'),
+    ('nlb_bench', ['--amp', 'fp8'], '--amp must be one of'),
+    ('nlb_bench', ['--size', '0'], 'must be >= 1'),
+    ('nlb_subset', [], '--annotations is required'),
+    ('nlb_subset', ['--annotations', '/nonexistent'], 'expected a folder or CSV files'),
+    ('nlb_eval', ['--crops', '2'], '--crops must be 1 (centre) or 3'),
+])
+def test_other_scripts_refuse_bad_arguments_in_one_line(tmp_path, name, args, message):
+    r = cli(name, *args)
+    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    assert message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+
+
+def test_bench_prints_ratios_to_the_baseline_measured_in_the_same_run():
+    r = cli('nlb_bench', '--operators', 'cgd,a2', '--channels', '32', '--frames', '2', '--size', '8', '--reps', '1', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = r.stdout.split('---')[-1]
+    rows = {l.split()[0]: l.split() for l in table.strip().splitlines() if l.strip() and not l.startswith('-')}
+    assert set(rows) == {'nl', 'cgd', 'a2'}                                   # the baseline is added and measured
+    assert rows['nl'][4] == '1.00' and rows['nl'][6] == '1.00'                 # its own ratios are 1
+    assert float(rows['cgd'][8]) < 1                                            # CGD keeps less for backward than NL
+
+
+def test_subset_then_train_then_eval_from_the_command_line(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from nonlocal_book.data.kinetics import fake_kinetics, fake_kinetics_videos, read_kinetics_csv
+    csvs = fake_kinetics(tmp_path / 'ann', classes=4, per_class=3, val_per_class=1, seed=5)
+    rows = read_kinetics_csv(csvs['train']) + read_kinetics_csv(csvs['val'])
+    fake_kinetics_videos(rows[:-1], tmp_path / 'videos', frames=8, size=32, class_folders=False)   # one val video never downloaded
+    r = cli('nlb_subset', '--annotations', str(tmp_path / 'ann'), '--videos', str(tmp_path / 'videos'), '--out',
+            str(tmp_path / 'sub'), '--classes', '3', '--train', '3', '--val', '1')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'subset: 3 classes, 9 train + 3 val videos' in r.stdout
+    missing_class = rows[-1].label
+    assert missing_class not in json.loads((tmp_path / 'sub' / 'subset.json').read_text())['classes']
+    too_many = cli('nlb_subset', '--annotations', str(tmp_path / 'ann'), '--videos', str(tmp_path / 'videos'), '--out',
+                   str(tmp_path / 'sub4'), '--classes', '4', '--train', '3', '--val', '1')
+    assert too_many.returncode == 2 and 'only 3 classes have 3 train and 1 val videos' in too_many.stderr
+    t = cli('nlb_train', '--data', str(tmp_path / 'sub'), '--out', str(tmp_path / 'run'), '--crop', '32', '--frames', '4',
+            '--epochs', '1', '--batch_size', '3', '--width', '4', '--test_clips', '1', '--quiet', '--op', 'cgd',
+            '--op_weight_decay', '4e-5')
+    assert t.returncode == 0, t.stderr[-3000:]
+    assert 'Kinetics-format folder' in t.stdout and '3 classes' in t.stdout
+    ev = cli('nlb_eval', '--out', str(tmp_path / 'run'), '--clips', '2', '--crops', '3')
+    assert ev.returncode == 0 and '2 clips × 3 crop(s)' in ev.stdout, ev.stderr[-3000:]

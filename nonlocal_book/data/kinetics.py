@@ -17,7 +17,7 @@ __all__ = ['K400_COLUMNS', 'VIDEO_EXTS', 'MINI_KINETICS_URLS', 'MINI_KINETICS', 
            'read_kinetics_csv', 'write_kinetics_csv', 'fake_youtube_ids', 'fake_kinetics', 'index_videos',
            'match_videos', 'missing_report', 'format_missing', 'KineticsDataset', 'sha256_file', 'read_id_list',
            'mini_kinetics_ids', 'build_mini_kinetics', 'fake_mini_kinetics_lists', 'make_subset', 'write_manifest',
-           'read_manifest']
+           'read_manifest', 'fake_kinetics_videos']
 
 # %% ../../nbs/21_kinetics.ipynb #5066dd05
 K400_COLUMNS = ('label', 'youtube_id', 'time_start', 'time_end', 'split', 'is_cc')
@@ -323,3 +323,25 @@ def read_manifest(path) -> tuple:
     if sha256_file(path) != meta['sha256']:
         raise ValueError(f"{path} changed after its manifest was written (SHA-256 differs from {path}.json)")
     return read_kinetics_csv(path), meta
+
+# %% ../../nbs/21_kinetics.ipynb #f201b9a6
+def fake_kinetics_videos(rows, root, frames: int = 16, size: int = 32, class_folders: bool = True, broken: int = 0,
+                         seed: int = 0) -> dict:
+    """Write a small MP4 (`frames` × `size` × `size`) for each Kinetics row below `root`, named like the real files; the
+    first `broken` are truncated to a few bytes (undecodable). Returns {row stem: path}."""
+    rng = np.random.default_rng(seed)
+    labels = sorted({r.label for r in rows})
+    out = {}
+    for i, r in enumerate(rows):
+        c = labels.index(r.label)
+        colour = np.array([(37 * c) % 200 + 40, (91 * c) % 200 + 40, (53 * c + 100) % 200 + 40], np.uint8)
+        clip = rng.integers(0, 40, (frames, size, size, 3), dtype=np.uint8)
+        step, side = (1 + c % 3) * (1 if c % 2 else -1), size // 3
+        for t in range(frames):
+            x0 = (size // 2 + step * t) % (size - side)
+            clip[t, size // 3: size // 3 + side, x0: x0 + side] = colour
+        folder = Path(root) / (r.label if class_folders else '')
+        path = write_video(folder / kinetics_filename(r.youtube_id, r.time_start, r.time_end), clip)
+        if i < broken: Path(path).write_bytes(Path(path).read_bytes()[:64])
+        out[r.stem] = path
+    return out
