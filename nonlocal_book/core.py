@@ -14,8 +14,8 @@ from einops import rearrange, einsum
 # %% auto #0
 __all__ = ['EXAMPLE_VIDEOS', 'OPERATORS', 'to_video', 'from_video', 'check_channels', 'nonlocal_literal', 'count_params',
            'count_macs', 'softmax32', 'seed_everything', 'default_device', 'example_video', 'read_frames',
-           'OperatorBlock', 'recording', 'OpSpec', 'register', 'load_operators', 'list_operators', 'get_operator',
-           'build_block', 'show_maps', 'plot_curves']
+           'OperatorBlock', 'recording', 'output_projection', 'OpSpec', 'register', 'load_operators', 'list_operators',
+           'get_operator', 'build_block', 'show_maps', 'plot_curves']
 
 # %% ../nbs/00_notation.ipynb #e3f4cfdf
 def to_video(x: torch.Tensor, name: str = 'input'):
@@ -134,6 +134,19 @@ def recording(model: nn.Module):
         for name, m in blocks.items():
             found[name] = m.maps
             m.recording, m.maps = False, {}
+
+# %% ../nbs/00_notation.ipynb #cd3b150f
+def output_projection(inner: int, channels: int, norm: bool = True, zero_init: bool = True) -> nn.Sequential:
+    """W_z of a residual block: a 1×1×1 conv `inner -> channels` (with a bias only when there is no BN), then BatchNorm3d
+    (`nn.Identity` when `norm=False`). `zero_init` makes the pair output 0, so `x + proj(y)` is the identity at init:
+    γ = 0 with BN, the conv's weight and bias = 0 without. Returns `nn.Sequential(conv, bn)`; `self.out, self.bn = output_projection(...)`
+    unpacks it into two attributes."""
+    conv = nn.Conv3d(inner, channels, 1, bias=not norm)
+    bn = nn.BatchNorm3d(channels) if norm else nn.Identity()
+    if zero_init:
+        if norm: nn.init.zeros_(bn.weight)
+        else: nn.init.zeros_(conv.weight); nn.init.zeros_(conv.bias)   # no BN: zero the whole conv, bias included
+    return nn.Sequential(conv, bn)
 
 # %% ../nbs/00_notation.ipynb #6275a644
 @dataclasses.dataclass

@@ -176,6 +176,16 @@ def test_gta_identity_at_init_and_m_init():
     torch.testing.assert_close(mi[2, 2], torch.eye(4)); torch.testing.assert_close(mi[2, 3], torch.zeros(4, 4))
 
 
+def test_identity_at_init_without_norm():
+    # norm=False zero-initialises W^O's bias as well as its weight (it used to leave the bias live in the spatial and
+    # temporal blocks, so DNL and GTA without BN did not start as the identity)
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 4, 3, 3)
+    with torch.no_grad():
+        for blk in (SpatialAttention(8, norm=False), TemporalAttention(8, norm=False), DNLBlock(8, norm=False),
+                    DNLBlock(8, pos_enc='sine', norm=False), GTABlock(8, T=4, groups=2, norm=False)):
+            assert torch.equal(blk(x), x), type(blk).__name__
+
 def test_gta_errors():
     blk = GTABlock(32, T=4)
     for T in (1, 3, 8):

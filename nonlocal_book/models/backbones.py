@@ -222,36 +222,34 @@ def tiny_resnet(kind: str = 'c2d', num_classes: int = 10, width: int = 8, layers
 
 # %% ../../nbs/10_backbones.ipynb #d772377a
 @torch.no_grad()
-def stage_shapes(model: VideoResNet, frames: int = 8, size: int = 224, in_channels: int = 3) -> dict:
-    "(C, T, H, W) at the output of the stem and of each stage for a (1, in_channels, frames, size, size) clip."
-    shapes, hooks = {}, []
-    named = {'stem': model.stem, 'tpool': model.tpool, **model.stages()}
-    for name, m in named.items():
-        hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))))
-    p = next(model.parameters())
-    was = model.training; model.eval()
-    try: model.features(torch.zeros(1, in_channels, frames, size, size, device=p.device, dtype=p.dtype))
+def _output_shapes(model: VideoResNet, modules: dict, frames: int, size: int, in_channels: int) -> dict:
+    """Run a zero (1, in_channels, frames, size, size) clip through `model.features` in eval mode with a forward hook on each
+    of `modules` (key -> module); return key -> (C, T, H, W) of that module's output, in the order the hooks fired.
+    The model's train/eval mode is restored and the hooks removed, also on an error."""
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, key=key: shapes.__setitem__(key, tuple(out.shape[1:])))
+             for key, m in modules.items()]
+    was = model.training
+    try:
+        p = next(model.parameters())
+        model.eval()
+        model.features(torch.zeros(1, in_channels, frames, size, size, device=p.device, dtype=p.dtype))
     finally:
         model.train(was)
         for h in hooks: h.remove()
     return shapes
 
-@torch.no_grad()
+def stage_shapes(model: VideoResNet, frames: int = 8, size: int = 224, in_channels: int = 3) -> dict:
+    "(C, T, H, W) at the output of the stem and of each stage for a (1, in_channels, frames, size, size) clip."
+    return _output_shapes(model, {'stem': model.stem, 'tpool': model.tpool, **model.stages()}, frames, size, in_channels)
+
 def operator_input_shapes(model: VideoResNet, frames: int = 8, size: int = 32, in_channels: int = 3) -> dict:
     """(C, T, H, W) that an operator would see at each place: {(stage, i, 'after'): block i's output,
     (stage, i, 'inside'): its first conv's output}. Time can change inside a block (a temporal stride), so both are recorded."""
-    shapes, hooks = {}, []
+    places = {}
     for s, stage in model.stages().items():
-        for i, block in enumerate(stage.blocks):
-            rec = lambda key: (lambda mod, inp, out: shapes.__setitem__(key, tuple(out.shape[1:])))
-            hooks += [block.register_forward_hook(rec((s, i, 'after'))), block.conv1.register_forward_hook(rec((s, i, 'inside')))]
-    p = next(model.parameters())
-    was = model.training; model.eval()
-    try: model.features(torch.zeros(1, in_channels, frames, size, size, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was)
-        for h in hooks: h.remove()
-    return shapes
+        for i, block in enumerate(stage.blocks): places[(s, i, 'after')], places[(s, i, 'inside')] = block, block.conv1
+    return _output_shapes(model, places, frames, size, in_channels)
 
 # %% ../../nbs/10_backbones.ipynb #b20bb364
 def _block_indices(stage_name, stage, which):

@@ -158,11 +158,7 @@ class A2Block(OperatorBlock):
         self.theta = nn.Conv3d(channels, self.n, 1, bias=False)     # its bias would cancel in the softmax over positions
         self.phi = nn.Conv3d(channels, self.m, 1)
         self.rho = nn.Conv3d(channels, self.n, 1)
-        self.out = nn.Conv3d(self.m, channels, 1, bias=not norm)
-        self.bn = nn.BatchNorm3d(channels) if norm else nn.Identity()
-        if zero_init:
-            if norm: nn.init.zeros_(self.bn.weight)
-            else: nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
+        self.out, self.bn = output_projection(self.m, channels, norm, zero_init)   # expanding conv, then BN with γ = 0
 
     def forward(self, x):
         x5, was_image = to_video(x, 'A2Block input')

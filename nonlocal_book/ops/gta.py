@@ -87,13 +87,6 @@ def temporal_literal(q, k, v, scale=None):
 # %% ../../nbs/06_gta.ipynb #018b66ad
 def _proj(cin, cout): return nn.Conv3d(cin, cout, 1, bias=False)
 
-def _output(inner, channels, norm, zero_init):
-    "W^O (1×1×1 conv inner -> C), then BatchNorm; γ = 0 (or W^O = 0 without BN) for an identity start."
-    out = nn.Conv3d(inner, channels, 1, bias=not norm)
-    bn = nn.BatchNorm3d(channels) if norm else nn.Identity()
-    if zero_init: nn.init.zeros_(bn.weight if norm else out.weight)
-    return nn.Sequential(out, bn)
-
 def _inner(channels, inner): return inner or max(channels // 4, 1)
 
 class SpatialAttention(OperatorBlock):
@@ -103,7 +96,7 @@ class SpatialAttention(OperatorBlock):
         super().__init__()
         self.channels, self.inner, self.backend = channels, _inner(channels, inner), backend
         self.q, self.k, self.v = (_proj(channels, self.inner) for _ in range(3))
-        self.out = _output(self.inner, channels, norm, zero_init)
+        self.out = output_projection(self.inner, channels, norm, zero_init)   # W^O, then BN with γ = 0
 
     def forward(self, x):
         x5, was_image = to_video(x, 'SpatialAttention input')
@@ -133,7 +126,7 @@ class TemporalAttention(OperatorBlock):
         if pos_enc not in (None, 'sine'): raise ValueError(f"unknown pos_enc {pos_enc!r}; choose None or 'sine'")
         self.channels, self.inner, self.pos_enc, self.backend = channels, _inner(channels, inner), pos_enc, backend
         self.q, self.k, self.v = (_proj(channels, self.inner) for _ in range(3))
-        self.out = _output(self.inner, channels, norm, zero_init)
+        self.out = output_projection(self.inner, channels, norm, zero_init)   # W^O, then BN with γ = 0
 
     def forward(self, x):
         x5, was_image = to_video(x, 'TemporalAttention input')

@@ -81,11 +81,7 @@ class NLBlock(OperatorBlock):
         self.g = nn.Conv3d(channels, inner, 1)
         self.w_f = nn.Parameter(torch.empty(2 * inner).uniform_(-(2 * inner) ** -0.5, (2 * inner) ** -0.5)) if mode == 'concat' else None
         self.pool = nn.MaxPool3d((1, 2, 2), stride=(1, 2, 2), ceil_mode=True) if subsample else nn.Identity()
-        self.out = nn.Conv3d(inner, channels, 1, bias=not norm)
-        self.bn = nn.BatchNorm3d(channels) if norm else nn.Identity()
-        if zero_init:
-            if norm: nn.init.zeros_(self.bn.weight)
-            else: nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)   # no BN: zero the whole output conv
+        self.out, self.bn = output_projection(inner, channels, norm, zero_init)   # W_z, then BN with γ = 0: identity at init
 
     def forward(self, x):
         x5, was_image = to_video(x, 'NLBlock input')
