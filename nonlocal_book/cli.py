@@ -264,8 +264,8 @@ def _usage(e):
 def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8, stride=2, epochs=8, batch_size=16, lr=0.1,
                  warmup=1.0, weight_decay=1e-4, clip_grad=0.0, amp='none', channels_last=False, compile=False, workers=0,
                  out='runs/train', resume=False, seed=0, test_clips=3, progress=True, ckpt_every=0, dropout=0.0,
-                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0):
-    "Everything `nlb_train` does, as a function: returns the results row (and writes the run folder)."
+                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, cbs=()):
+    "Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner callbacks."
     from nonlocal_book.train.learner import Learner, MetricsCB, ProgressCB, CheckpointCB, plot_history
     from nonlocal_book.train.distributed import setup_distributed, cleanup_distributed
     from nonlocal_book.models.backbones import PRESETS, KINDS
@@ -310,7 +310,7 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
             print(f'model: {backbone} {arch} + {op} at {places or "nowhere"}: '
                   f'{count_params(model):,} parameters, {macs / 1e6:.1f} MMACs per clip')
             print(f'device: {device}, {world} process(es); run folder: {out}')
-        cbs = [MetricsCB(out / 'metrics.jsonl'), CheckpointCB(out, every=ckpt_every or None)]
+        cbs = [MetricsCB(out / 'metrics.jsonl'), CheckpointCB(out, every=ckpt_every or None), *cbs]
         if progress: cbs.append(ProgressCB())
         overrides = operator_weight_decay(places, op_weight_decay) if op_weight_decay >= 0 else None
         learn = Learner(model, train_ds, valid_ds, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup,

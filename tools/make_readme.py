@@ -1,12 +1,14 @@
 """Write README.md from nbs/index.ipynb without Quarto (nbdev_readme needs the Quarto CLI).
 
 Markdown cells are copied; the title cell's `> summary` stays a quote; code cells are shown as ```python blocks unless
-they carry `#| hide` (or another directive that keeps them off the site); their outputs are left out.
+they carry `#| hide` (or another directive that keeps them off the site); their outputs are left out. Links to chapters
+(`](01_nonlocal.ipynb)`) get the `nbs/` prefix so that they work on GitHub.
 Run `python tools/make_readme.py` after editing nbs/index.ipynb; `python tools/make_readme.py --check` exits 1 when stale."""
 import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CHAPTER_LINK = re.compile(r'\]\((\w+\.ipynb)\)')     # the site resolves chapter links itself; README.md sits one folder up
 HIDDEN = re.compile(r'^#\|\s*(hide|include:\s*false|echo:\s*false|export|exporti|default_exp)\b', re.M)
 
 
@@ -16,7 +18,7 @@ def render(nb_path=ROOT / 'nbs' / 'index.ipynb') -> str:
     for cell in nb['cells']:
         src = ''.join(cell['source']).strip('\n')
         if not src: continue
-        if cell['cell_type'] == 'markdown': parts.append(src)
+        if cell['cell_type'] == 'markdown': parts.append(CHAPTER_LINK.sub(r'](nbs/\1)', src))
         elif cell['cell_type'] == 'code' and not HIDDEN.search(src): parts.append(f'```python\n{src}\n```')
     return '\n\n'.join(parts) + '\n'
 
