@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from fastcore.script import call_parse, Param, store_true
 from .core import *
+from .models.backbones import _wants_T
 
 # %% auto #0
-__all__ = ['DEFAULT_PLACES', 'SPLIT_NAMES', 'operator_table', 'format_table', 'demo', 'saved_bytes', 'bench_operator',
-           'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model', 'operator_weight_decay', 'load_data',
-           'results_table', 'run_training', 'train', 'evaluate_run', 'evaluate', 'synthetic', 'read_annotations',
-           'build_subset', 'subset']
+__all__ = ['DEFAULT_PLACES', 'SPLIT_NAMES', 'build_operator', 'operator_table', 'format_table', 'demo', 'saved_bytes',
+           'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model', 'operator_weight_decay',
+           'load_data', 'results_table', 'run_training', 'train', 'evaluate_run', 'evaluate', 'synthetic',
+           'read_annotations', 'build_subset', 'subset']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
 def _median_time(fn, reps):
@@ -22,6 +23,11 @@ def _median_time(fn, reps):
     for _ in range(reps):
         t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+def build_operator(name: str, channels: int, frames: int = 4):
+    "The operator registered as `name`, built for `channels` channels and, if it learns T×T weights (GTA), `frames` frames."
+    spec = get_operator(name)
+    return spec.build(channels, **({'T': frames} if _wants_T(spec.cls) else {}))
 
 @torch.no_grad()
 def operator_table(names=None, channels: int = 64, frames: int = 4, size: int = 14, reps: int = 3, seed: int = 0, progress: bool = False):
@@ -38,7 +44,7 @@ def operator_table(names=None, channels: int = 64, frames: int = 4, size: int = 
         seed_everything(seed)
         x = torch.randn(1, channels, frames, size, size)
         spec = get_operator(name)
-        block = spec.build(channels).eval()
+        block = build_operator(name, channels, frames).eval()
         try: y = block(x)
         except ValueError as e:
             rows.append(dict(operator=name, params=count_params(block), macs=None, ms=None, identity=None, note=str(e)))
@@ -97,7 +103,7 @@ def bench_operator(name: str, channels: int = 256, frames: int = 8, size: int = 
     from nonlocal_book.train.learner import AMP
     dev = torch.device(device)
     seed_everything(seed)
-    block = get_operator(name).build(channels).to(dev)
+    block = build_operator(name, channels, frames).to(dev)
     x = torch.randn(batch, channels, frames, size, size, device=dev, requires_grad=backward)
     ctx = lambda: torch.autocast(dev.type, dtype=AMP[amp], enabled=AMP[amp] is not None)
     def fwd():
@@ -105,9 +111,10 @@ def bench_operator(name: str, channels: int = 256, frames: int = 8, size: int = 
     def step():
         y = fwd(); y.float().sum().backward() if backward else None
         _sync(dev)
-    try:
-        with torch.no_grad(): fwd()                         # warm-up; also raises for an input the block cannot take
-        step()
+    try:                                                    # warm-up (twice each: allocators and caches settle); also
+        for _ in range(2):                                  # raises for an input the block cannot take
+            with torch.no_grad(): fwd()
+            step()
     except (ValueError, RuntimeError) as e: return dict(operator=name, error=f'{type(e).__name__}: {e}')
     row = dict(operator=name, params=count_params(block), macs=count_macs(block, x.detach()))
     def timed(f):

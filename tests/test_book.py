@@ -91,3 +91,18 @@ def _mixed_import_cells(nb):
 def test_imports_live_in_their_own_cells(nb):
     bad = _mixed_import_cells(nb)
     assert not bad, f'{nb.name}: cells {bad} mix imports with other code; nbdev_docs would execute them out of context'
+
+
+def test_run_nbs_stores_outputs_and_skips_gpu_cells(tmp_path):
+    "tools/run_nbs.py (the site build's executor) runs ordinary cells, stores their output, and leaves `gpu` cells alone."
+    nb = {'cells': [{'cell_type': 'code', 'id': 'a1', 'metadata': {}, 'execution_count': None, 'outputs': [], 'source': ['print(6 * 7)']},
+                    {'cell_type': 'code', 'id': 'a2', 'metadata': {}, 'execution_count': None, 'outputs': [],
+                     'source': ['#| gpu\n', "raise RuntimeError('needs a GPU')"]}],
+          'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
+    p = tmp_path / 'x.ipynb'; p.write_text(json.dumps(nb))
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'run_nbs.py'), str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(p.read_text())['cells']
+    assert '42' in ''.join(out[0]['outputs'][0]['text']) and out[1]['outputs'] == []
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'run_nbs.py'), '--gpu', str(p)], capture_output=True, text=True)
+    assert r.returncode != 0 and 'needs a GPU' in r.stdout + r.stderr

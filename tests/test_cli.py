@@ -142,3 +142,26 @@ def test_subset_then_train_then_eval_from_the_command_line(tmp_path):
     assert 'Kinetics-format folder' in t.stdout and '3 classes' in t.stdout
     ev = cli('nlb_eval', '--out', str(tmp_path / 'run'), '--clips', '2', '--crops', '3')
     assert ev.returncode == 0 and '2 clips × 3 crop(s)' in ev.stdout, ev.stderr[-3000:]
+
+
+def test_subset_from_mini_kinetics_lists_offline(tmp_path):
+    "--mini with --mini_lists: the subset's videos all come from the Mini-Kinetics-200 id lists, each split from its own list."
+    import numpy as np
+    sys.path.insert(0, str(ROOT))
+    from nonlocal_book.cli import build_subset
+    from nonlocal_book.data.kinetics import fake_kinetics, fake_mini_kinetics_lists, read_kinetics_csv, read_id_list
+    fr = np.random.default_rng(1)
+    counts = fr.integers(400, 421, 200).tolist() + fr.integers(40, 81, 200).tolist()     # 200 big classes, 200 small ones
+    k = fake_kinetics(tmp_path / 'ann', classes=400, per_class=counts, val_per_class=30, seed=1)
+    lists = fake_mini_kinetics_lists(read_kinetics_csv(k['train']), read_kinetics_csv(k['val']), tmp_path)
+    info = build_subset(tmp_path / 'ann', tmp_path / 'sub', classes='5', train=4, val=2, mini=True, mini_lists=str(tmp_path))
+    assert 'Mini-Kinetics-200 (80,000 train + 5,000 val' in info['source']
+    for split in ('train', 'val'):
+        ids = {r.youtube_id for r in read_kinetics_csv(tmp_path / 'sub' / f'{split}.csv')}
+        assert len(ids) == 5 * (4 if split == 'train' else 2)
+        assert ids <= set(read_id_list(lists[split])), split
+    big = {f'action number {c:03d}' for c in range(3, 200)} | {'passing American football (in game)', 'making a "cake", quickly', 'tying bow tie'}
+    assert set(info['classes']) <= big                                       # only Mini-Kinetics' (the 200 large) classes
+    (tmp_path / 'short').mkdir(); (tmp_path / 'short' / 'train_ytid_list.txt').write_text('abc\n')
+    with pytest.raises(ValueError, match='--mini: .*truncated'):
+        build_subset(tmp_path / 'ann', tmp_path / 'sub2', mini=True, mini_lists=str(tmp_path / 'short'))
