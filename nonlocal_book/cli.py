@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_cli.ipynb #2248e744
 from __future__ import annotations
-import json, os, re, sys, time
+import importlib.util, json, os, re, sys, time
 from pathlib import Path
 import torch
 from fastcore.script import call_parse, Param, store_true
@@ -12,10 +12,10 @@ from .core import *
 from .models.backbones import _wants_T
 
 # %% auto #0
-__all__ = ['DEFAULT_PLACES', 'SPLIT_NAMES', 'build_operator', 'operator_table', 'format_table', 'demo', 'saved_bytes',
-           'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model', 'operator_weight_decay',
-           'load_data', 'results_table', 'run_training', 'train', 'evaluate_run', 'evaluate', 'synthetic',
-           'read_annotations', 'build_subset', 'subset']
+__all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'SPLIT_NAMES', 'build_operator', 'operator_table', 'format_table', 'demo',
+           'saved_bytes', 'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model',
+           'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train', 'evaluate_run', 'evaluate',
+           'synthetic', 'read_annotations', 'build_subset', 'subset']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
 def _median_time(fn, reps):
@@ -188,6 +188,8 @@ def _backbone(backbone, classes, width, dropout, depth):
     if depth not in RESNET_LAYERS: raise UsageError(f"--depth must be 0 (the small ResNet) or one of {', '.join(map(str, RESNET_LAYERS))}, got {depth}")
     return video_resnet(depth, backbone, num_classes=classes, dropout=dropout)
 
+TORCHVISION_HINT = '--pretrained imagenet needs torchvision (pip install "nonlocal_book[torchvision]"), or pass a state-dict file'
+
 def _load_pretrained(model, pretrained, depth):
     from nonlocal_book.models.pretrained import load_imagenet
     if depth == 0: raise UsageError('--pretrained needs --depth 18, 34, 50, 101 or 152: the small ResNet has no ImageNet weights')
@@ -195,7 +197,7 @@ def _load_pretrained(model, pretrained, depth):
     if path is not None and not Path(path).is_file():
         raise UsageError(f"--pretrained must be 'imagenet' (torchvision's weights) or a state-dict file; {path} is neither")
     try: return load_imagenet(model, depth, path=path)
-    except ModuleNotFoundError: raise UsageError('--pretrained imagenet needs torchvision: pip install "nonlocal_book[torchvision]"')
+    except ModuleNotFoundError: raise UsageError(TORCHVISION_HINT)
     except (KeyError, RuntimeError) as e: raise UsageError(f'--pretrained {pretrained}: {e}')
 
 def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width: int = 8, frames: int = 8,
@@ -286,6 +288,7 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
     if amp not in AMP: raise UsageError(f"--amp must be one of none, bf16, fp16; got {amp!r}")
     if not 0 <= dropout < 1: raise UsageError(f'--dropout must be in [0, 1), got {dropout}')
     if pretrained and depth == 0: raise UsageError('--pretrained needs --depth 18, 34, 50, 101 or 152: the small ResNet has no ImageNet weights')
+    if pretrained == 'imagenet' and importlib.util.find_spec('torchvision') is None: raise UsageError(TORCHVISION_HINT)
     build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth)     # the operator fits this backbone (no weights loaded)
     out = Path(out)
     config = dict(op=op, preset=preset, backbone=backbone, width=width, data=data, frames=frames, stride=stride, epochs=epochs,

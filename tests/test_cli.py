@@ -110,6 +110,12 @@ def test_other_scripts_refuse_bad_arguments_in_one_line(tmp_path, name, args, me
     assert message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.skipif(__import__('importlib').util.find_spec('torchvision') is not None, reason='torchvision is installed here')
+def test_pretrained_imagenet_without_torchvision_fails_fast(tmp_path):
+    r = cli('nlb_train', '--depth', '50', '--pretrained', 'imagenet', '--data', str(tmp_path / 'none'), '--out', str(tmp_path / 'run'))
+    assert r.returncode == 2 and 'needs torchvision' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+
+
 def test_bench_prints_ratios_to_the_baseline_measured_in_the_same_run():
     r = cli('nlb_bench', '--operators', 'cgd,a2', '--channels', '32', '--frames', '2', '--size', '8', '--reps', '1', '--device', 'cpu')
     assert r.returncode == 0, r.stderr[-3000:]
