@@ -386,6 +386,13 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
                            dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos,
                            op_weight_decay=op_weight_decay)
     except UsageError as e: _usage(e)
+    except KeyboardInterrupt as e:                      # Ctrl-C or SIGTERM: the Learner stopped after a step and saved it
+        from nonlocal_book.train.learner import TrainingInterrupted
+        clean = isinstance(e, TrainingInterrupted)
+        if int(os.environ.get('RANK', 0)) == 0:
+            print(f"\n{e if clean else 'interrupted in the middle of a step'}. {Path(out) / 'last.pt'} holds "
+                  f"{'this' if clean else 'the last clean'} position: run the same command with --resume to continue.", file=sys.stderr)
+        sys.exit(143 if 'SIGTERM' in str(e) else 130)
     if int(os.environ.get('RANK', 0)) == 0: print('\n' + results_table([row]))
 
 def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: int = 8, crops: int = 1) -> dict:

@@ -171,3 +171,28 @@ def test_subset_from_mini_kinetics_lists_offline(tmp_path):
     (tmp_path / 'short').mkdir(); (tmp_path / 'short' / 'train_ytid_list.txt').write_text('abc\n')
     with pytest.raises(ValueError, match='--mini: .*truncated'):
         build_subset(tmp_path / 'ann', tmp_path / 'sub2', mini=True, mini_lists=str(tmp_path / 'short'))
+
+
+def test_sigterm_stops_cleanly_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_set):
+    "A scheduler's SIGTERM mid-run: exit 143 with a message, a checkpoint at a step boundary, and --resume finishes bit for bit."
+    import signal, time, torch
+    common = ['--data', str(tiny_set), '--frames', '4', '--batch_size', '2', '--width', '4', '--quiet', '--test_clips', '1', '--epochs', '6']
+    straight = cli('nlb_train', *common, '--out', str(tmp_path / 'straight'))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / 'run'
+    mod, fn = entry_points()['nlb_train']
+    stub = tmp_path / 'stub.py'; stub.write_text(f'import sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n')
+    p = subprocess.Popen([sys.executable, str(stub), *common, '--out', str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / 'metrics.jsonl').exists() and p.poll() is None and time.time() < deadline: time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)                       # during epoch 2: a step, the evaluation, or between them
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 143, (p.returncode, stderr[-3000:])
+    assert 'SIGTERM: stopped at epoch' in stderr and '--resume' in stderr and 'Traceback' not in stderr, stderr[-3000:]
+    saved = torch.load(out / 'last.pt', weights_only=True)
+    assert (saved['epoch'], saved['batch']) < (6, 0)
+    r = cli('nlb_train', *common, '--out', str(out), '--resume')
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=True)['model']
+    b = torch.load(out / 'last.pt', weights_only=True)['model']
+    assert all(torch.equal(a[k], b[k]) for k in a), 'the SIGTERM-ed and resumed run must end with the uninterrupted weights'

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/30_learner.ipynb #f7d2647a
 from __future__ import annotations
-import json, math, os, random, re, time
+import contextlib, json, math, os, random, re, signal, sys, threading, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,8 +16,8 @@ from ..core import *
 
 # %% auto #0
 __all__ = ['AMP', 'ToyClips', 'toy_model', 'param_groups', 'warmup_cosine', 'step_decay', 'topk_correct', 'split_views',
-           'ResumableSampler', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'Learner', 'MetricsCB',
-           'ProgressCB', 'read_history', 'plot_history', 'atomic_save', 'CheckpointCB']
+           'ResumableSampler', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'TrainingInterrupted', 'Callback', 'Learner',
+           'MetricsCB', 'ProgressCB', 'read_history', 'plot_history', 'atomic_save', 'CheckpointCB']
 
 # %% ../../nbs/30_learner.ipynb #554e70f5
 class ToyClips(Dataset):
@@ -107,6 +107,7 @@ class ResumableSampler(Sampler):
 class CancelBatch(Exception): "Skip the rest of this batch."
 class CancelEpoch(Exception): "Skip the rest of this epoch."
 class CancelFit(Exception): "Stop training."
+class TrainingInterrupted(KeyboardInterrupt): "A signal (Ctrl-C, SIGTERM) stopped training at a clean point: after a step, checkpointed."
 
 class Callback:
     "Base callback: override any of the hook methods; lower `order` runs first. A callback with `state_dict`/`load_state_dict` is checkpointed too."
@@ -159,6 +160,7 @@ class Learner:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.epoch, self.batch, self.history = 0, 0, []
+        self.stop_signal, self.busy = None, None       # a signal asking to stop; what is half done (a step, an evaluation)
         self.cbs = sorted(list(cbs), key=lambda c: c.order)
         for cb in self.cbs: cb.learn = self
 
@@ -208,14 +210,27 @@ def one_batch(self: Learner, xb, yb):
 @patch
 def train_epoch(self: Learner):
     self.sampler.set_epoch(self.epoch, self.batch)
+    self.busy = 'a training step'           # from fetching a batch (it draws augmentations) until the step is counted
     for xb, yb, *_ in self.loader(self.train_ds, sampler=self.sampler):
         self.xb, self.yb = xb, yb
         try:
             self('before_batch')
             self.one_batch(xb, yb)
-            self.batch += 1
+            self.batch += 1; self.busy = None
             self('after_batch')
-        except CancelBatch: self.batch += 1
+        except CancelBatch: self.batch += 1; self.busy = None
+        self.check_stop()
+        self.busy = 'a training step'
+    self.busy = None
+
+@patch
+def check_stop(self: Learner):
+    "Raise `TrainingInterrupted` if a stop was asked for (on any rank: all ranks stop at the same step)."
+    stop = self.stop_signal is not None
+    if self.world > 1:
+        flag = torch.tensor([float(stop)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX); stop = bool(flag.item())
+    if stop: raise TrainingInterrupted(f"{self.stop_signal or 'a signal on another rank'}: stopped at epoch {self.epoch + 1}, step {self.batch}")
 
 # %% ../../nbs/30_learner.ipynb #6547ce04
 @patch
@@ -237,25 +252,47 @@ def evaluate(self: Learner, ds=None, max_batches: int | None = None) -> dict:
         video = out.softmax(-1).view(len(y), views, -1).mean(1)
         sums += torch.tensor([F.cross_entropy(out, yv, reduction='sum').item(), len(yv), hits[1], hits[5],
                               (video.argmax(-1) == y).sum().item(), len(y)], dtype=torch.float64)
-    if self.world > 1: dist.all_reduce(sums)
+    if self.world > 1:                                  # NCCL reduces CUDA tensors only
+        sums = sums.to(self.device); dist.all_reduce(sums); sums = sums.cpu()
     loss, clips, t1, t5, v1, videos = sums.tolist()
     clips, videos = max(clips, 1), max(videos, 1)
     return dict(valid_loss=loss / clips, clip_top1=t1 / clips, clip_top5=t5 / clips, video_top1=v1 / videos)
 
 @patch
+@contextlib.contextmanager
+def stop_on_signals(self: Learner):
+    "While inside: the first Ctrl-C (SIGINT) or SIGTERM asks for a clean stop after the current step; a second Ctrl-C stops at once."
+    if threading.current_thread() is not threading.main_thread(): yield; return     # handlers live in the main thread only
+    pid = os.getpid()
+    def handler(signum, frame):
+        if os.getpid() != pid: return                   # a DataLoader worker (forked with this handler): keep working
+        if self.stop_signal is not None and signum == signal.SIGINT: raise KeyboardInterrupt
+        self.stop_signal = signal.Signals(signum).name
+        if self.is_main: print(f'\n{self.stop_signal}: stopping cleanly after this step (Ctrl-C again to stop at once)', file=sys.stderr)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+@patch
 def fit(self: Learner):
     "Train from the current position to `self.epochs`, evaluating after each epoch; callbacks see every step."
-    self('before_fit')
-    try:
-        while self.epoch < self.epochs:
-            self('before_epoch')
-            try: self.train_epoch()
-            except CancelEpoch: pass
-            self.metrics = self.evaluate()
-            self('after_epoch')
-            self.epoch, self.batch = self.epoch + 1, 0
-    except CancelFit: pass
-    finally: self('after_fit')
+    self.stop_signal = None
+    with self.stop_on_signals():
+        self('before_fit')
+        try:
+            while self.epoch < self.epochs:
+                self('before_epoch')
+                try: self.train_epoch()
+                except CancelEpoch: self.busy = None
+                self.busy = 'the evaluation'                 # it draws from the generators too
+                self.metrics = self.evaluate()
+                self.busy = None
+                self('after_epoch')
+                self.epoch, self.batch = self.epoch + 1, 0
+                if self.epoch < self.epochs: self.check_stop()
+        except CancelFit: pass
+        finally: self('after_fit')
     return self
 
 # %% ../../nbs/30_learner.ipynb #a7287937
@@ -391,4 +428,7 @@ class CheckpointCB(Callback):
         finally: learn.epoch, learn.batch = learn.epoch - 1, learn.steps_per_epoch
     def after_fit(self):
         learn = self.learn
-        if learn.epoch < learn.epochs and learn.batch > 0: self.save()   # interrupted mid-epoch: keep the position
+        if learn.busy is not None:                      # a crash or a hard Ctrl-C in the middle of a step: saving now
+            if learn.is_main:                           # would tear it; the last clean checkpoint stands
+                print(f'interrupted during {learn.busy}: {self.path} keeps the last clean position', file=sys.stderr)
+        elif learn.epoch < learn.epochs and learn.batch > 0: self.save()   # stopped mid-epoch: keep the position
