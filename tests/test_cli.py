@@ -196,3 +196,44 @@ def test_sigterm_stops_cleanly_and_resume_ends_where_an_uninterrupted_run_ends(t
     a = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=True)['model']
     b = torch.load(out / 'last.pt', weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a), 'the SIGTERM-ed and resumed run must end with the uninterrupted weights'
+
+
+def _children(pid):
+    "Child pids of `pid` (Linux /proc)."
+    kids = []
+    for task in Path(f'/proc/{pid}/task').iterdir():
+        kids += [int(k) for k in (task / 'children').read_text().split()]
+    return kids
+
+
+@pytest.mark.skipif(not Path('/proc/self/task').exists(), reason='needs Linux /proc to find the ranks')
+def test_sigterm_to_one_torchrun_rank_stops_both_at_the_same_step_and_resume_is_exact(tmp_path, tiny_set):
+    import signal, time, torch
+    mod, fn = entry_points()['nlb_train']
+    stub = tmp_path / 'stub.py'; stub.write_text(f'import sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n')
+    env = {**ENV, 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1'}
+    common = ['--data', str(tiny_set), '--frames', '4', '--batch_size', '2', '--width', '4', '--quiet', '--test_clips', '1', '--epochs', '5']
+    run = lambda out, *extra: [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(stub),
+                               *common, '--out', str(out), *extra]
+    straight = subprocess.run(run(tmp_path / 'straight'), env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / 'run'
+    p = subprocess.Popen(run(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / 'metrics.jsonl').exists() and p.poll() is None and time.time() < deadline: time.sleep(0.02)
+    ranks = {}
+    for kid in _children(p.pid):
+        env_vars = dict(kv.split('=', 1) for kv in Path(f'/proc/{kid}/environ').read_text().split('\0') if '=' in kv)
+        if 'RANK' in env_vars: ranks[int(env_vars['RANK'])] = kid
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[1], signal.SIGTERM)                  # only rank 1 is told to stop
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode != 0, 'torchrun reports the stop'
+    assert 'a signal on another rank: stopped at epoch' in stderr, stderr[-3000:]   # rank 0 stopped with it, and said so
+    saved = torch.load(out / 'last.pt', weights_only=True)
+    assert saved['world'] == 2 and (saved['epoch'], saved['batch']) < (5, 0)
+    resumed = subprocess.run(run(out, '--resume'), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=True)['model']
+    b = torch.load(out / 'last.pt', weights_only=True)['model']
+    assert all(torch.equal(a[k], b[k]) for k in a), 'a DDP run stopped by SIGTERM on one rank and resumed must end as the uninterrupted one'
