@@ -14,8 +14,8 @@ from .models.backbones import _wants_T
 # %% auto #0
 __all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'SPLIT_NAMES', 'build_operator', 'operator_table', 'format_table', 'demo',
            'saved_bytes', 'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model',
-           'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train', 'evaluate_run', 'evaluate',
-           'synthetic', 'read_annotations', 'build_subset', 'subset']
+           'parse_options', 'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train',
+           'evaluate_run', 'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
 def _median_time(fn, reps):
@@ -201,10 +201,11 @@ def _load_pretrained(model, pretrained, depth):
     except (KeyError, RuntimeError) as e: raise UsageError(f'--pretrained {pretrained}: {e}')
 
 def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width: int = 8, frames: int = 8,
-                preset: str = '', seed: int = 0, dropout: float = 0.0, depth: int = 0, pretrained: str = ''):
+                preset: str = '', seed: int = 0, dropout: float = 0.0, depth: int = 0, pretrained: str = '', options: dict | None = None):
     """A video ResNet with operator `op` at `preset`'s places (default: its paper's, else NL's); 'none' for none.
     `depth` 0 is the small CPU ResNet (`tiny_resnet`, `width` channels); 18/34/50/101/152 a full one (`video_resnet`),
-    initialised from ImageNet when `pretrained` is 'imagenet' (torchvision) or a state-dict file. Returns (model, places)."""
+    initialised from ImageNet when `pretrained` is 'imagenet' (torchvision) or a state-dict file; `options` go to every
+    inserted block's constructor (e.g. {'s': 4} for BAT). Returns (model, places)."""
     from nonlocal_book.models.backbones import insert_preset, PRESETS, KINDS
     if backbone not in KINDS: raise UsageError(f"--backbone must be one of {', '.join(KINDS)}, got {backbone!r}")
     seed_everything(seed)
@@ -214,8 +215,20 @@ def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width:
     if op not in list_operators(): raise UsageError(f"unknown operator {op!r}; choose 'none' or one of: {', '.join(list_operators())}")
     place = preset or DEFAULT_PLACES.get(op, 'nl')
     if place not in PRESETS: raise UsageError(f"unknown preset {place!r}; presets: {', '.join(PRESETS)}")
-    try: return model, insert_preset(model, place, op=op, frames=frames)
+    try: return model, insert_preset(model, place, op=op, frames=frames, **(options or {}))
     except ValueError as e: raise UsageError(f"cannot put {op} at the {place!r} places of this backbone: {e}")
+    except TypeError as e: raise UsageError(f"--op_options {options}: {e}")
+
+def parse_options(text: str) -> dict:
+    "'s=4,resize=downsample,k=8' -> {'s': 4, 'resize': 'downsample', 'k': 8}: Python literals where they parse, else strings."
+    import ast
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(','))):
+        if '=' not in part: raise UsageError(f"--op_options wants key=value pairs separated by commas, got {part!r}")
+        k, v = (s.strip() for s in part.split('=', 1))
+        try: out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError): out[k] = v
+    return out
 
 def operator_weight_decay(places, weight_decay: float) -> dict:
     "A `Learner(wd_overrides=...)` giving every parameter of the inserted operators (`places`) its own weight decay."
@@ -273,7 +286,7 @@ def _usage(e):
 def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8, stride=2, epochs=8, batch_size=16, lr=0.1,
                  warmup=1.0, weight_decay=1e-4, clip_grad=0.0, amp='none', channels_last=False, compile=False, workers=0,
                  out='runs/train', resume=False, seed=0, test_clips=3, progress=True, ckpt_every=0, dropout=0.0,
-                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, cbs=()):
+                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='', cbs=()):
     "Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner callbacks."
     from nonlocal_book.train.learner import Learner, MetricsCB, ProgressCB, CheckpointCB, plot_history
     from nonlocal_book.train.distributed import setup_distributed, cleanup_distributed
@@ -289,15 +302,17 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
     if not 0 <= dropout < 1: raise UsageError(f'--dropout must be in [0, 1), got {dropout}')
     if pretrained and depth == 0: raise UsageError('--pretrained needs --depth 18, 34, 50, 101 or 152: the small ResNet has no ImageNet weights')
     if pretrained == 'imagenet' and importlib.util.find_spec('torchvision') is None: raise UsageError(TORCHVISION_HINT)
-    build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth)     # the operator fits this backbone (no weights loaded)
+    options = parse_options(op_options)
+    build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth, options=options)   # it fits the backbone (no weights)
     out = Path(out)
     config = dict(op=op, preset=preset, backbone=backbone, width=width, data=data, frames=frames, stride=stride, epochs=epochs,
                   batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip_grad=clip_grad, amp=amp, seed=seed,
-                  dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos, op_weight_decay=op_weight_decay)
+                  dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos, op_weight_decay=op_weight_decay,
+                  op_options=op_options)
     if resume:
         if not (out / 'last.pt').exists(): raise UsageError(f'--resume: no checkpoint at {out / "last.pt"}; run without --resume to start')
         saved = json.loads((out / 'config.json').read_text())
-        new_keys = dict(depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0)    # runs saved before these options
+        new_keys = dict(depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='')  # runs saved before these
         changed = {k: (saved.get(k, new_keys.get(k)), v) for k, v in config.items() if k != 'epochs' and saved.get(k, new_keys.get(k)) != v}
         if changed: raise UsageError(f'--resume with options that differ from the saved run: {changed}; use another --out')
     elif (out / 'last.pt').exists():
@@ -308,9 +323,11 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
         train_ds, valid_ds, what = load_data(data, frames, stride, seed, clips=test_clips, progress=progress and rank == 0,
                                              videos=videos, crop=crop)
         model, places = build_model(op, backbone, len(train_ds.classes), width, frames, preset, seed, dropout, depth,
-                                    '' if resume else pretrained)      # a resumed run's weights come from its checkpoint
+                                    '' if resume else pretrained, options)   # a resumed run's weights come from its checkpoint
         size = train_ds[0][0].shape[-1]
-        macs = count_macs(model, torch.randn(1, 3, frames, size, size))
+        try: macs = count_macs(model, torch.randn(1, 3, frames, size, size))     # also: the operator runs at this size
+        except ValueError as e:
+            raise UsageError(f'{op} cannot run on {frames}×{size}×{size} clips in this backbone: {e} (block options: --op_options)')
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / 'config.json').write_text(json.dumps(config, indent=1))
@@ -364,6 +381,7 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
           lr: Param("peak learning rate (SGD, momentum 0.9)", float) = 0.1,
           warmup: Param("epochs of linear warm-up before the cosine decay", float) = 1.0,
           weight_decay: Param("weight decay (none on norms and biases)", float) = 1e-4,
+          op_options: Param("options for the operator's constructor, key=value separated by commas (e.g. s=4 or resize=downsample for BAT)", str) = '',
           op_weight_decay: Param("weight decay of the inserted operators' parameters (CGD's code: 4e-5); negative: same as --weight_decay", float) = -1.0,
           clip_grad: Param("clip the gradient norm to this (0: off)", float) = 0.0,
           dropout: Param("dropout before the classifier (BAT's Mini-Kinetics recipe: 0.5)", float) = 0.0,
@@ -384,7 +402,7 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
                            clip_grad=clip_grad, amp=amp, channels_last=channels_last, compile=compile, workers=workers, out=out,
                            resume=resume, seed=seed, test_clips=test_clips, progress=not quiet, ckpt_every=ckpt_every,
                            dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos,
-                           op_weight_decay=op_weight_decay)
+                           op_weight_decay=op_weight_decay, op_options=op_options)
     except UsageError as e: _usage(e)
     except KeyboardInterrupt as e:                      # Ctrl-C or SIGTERM: the Learner stopped after a step and saved it
         from nonlocal_book.train.learner import TrainingInterrupted
@@ -407,7 +425,7 @@ def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: 
     _, valid_ds, what = load_data(data or cfg['data'], cfg['frames'], cfg['stride'], cfg['seed'], clips=clips,
                                   videos='' if data else cfg.get('videos', ''), crop=cfg.get('crop', 112), crops=crops)
     model, _ = build_model(cfg['op'], cfg['backbone'], len(valid_ds.classes), cfg['width'], cfg['frames'], cfg['preset'],
-                           cfg['seed'], cfg.get('dropout', 0.0), cfg.get('depth', 0))
+                           cfg['seed'], cfg.get('dropout', 0.0), cfg.get('depth', 0), options=parse_options(cfg.get('op_options', '')))
     model.load_state_dict(torch.load(out / 'last.pt', map_location='cpu', weights_only=True)['model'])
     learn = Learner(model, valid_ds, valid_ds, batch_size=batch_size, amp=cfg.get('amp', 'none'))
     return dict(learn.evaluate(), clips=clips, crops=crops, data=what)

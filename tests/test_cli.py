@@ -237,3 +237,23 @@ def test_sigterm_to_one_torchrun_rank_stops_both_at_the_same_step_and_resume_is_
     a = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=True)['model']
     b = torch.load(out / 'last.pt', weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a), 'a DDP run stopped by SIGTERM on one rank and resumed must end as the uninterrupted one'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--op', 'bat'], 'bat cannot run on 4×16×16 clips in this backbone: block size s=7 must divide'),
+    (['--op', 'bat', '--op_options', 's4'], '--op_options wants key=value pairs'),
+    (['--op', 'bat', '--op_options', 'zz=4'], "unexpected keyword argument 'zz'"),
+])
+def test_operator_that_cannot_run_at_this_size_is_one_line(tmp_path, tiny_set, args, message):
+    r = cli('nlb_train', '--data', str(tiny_set), '--out', str(tmp_path / 'run'), '--frames', '4', '--width', '4', '--quiet', *args)
+    assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+
+
+def test_operator_options_reach_the_blocks_and_the_evaluation(tmp_path, tiny_set):
+    out = tmp_path / 'run'
+    r = cli('nlb_train', '--data', str(tiny_set), '--out', str(out), '--frames', '4', '--width', '4', '--quiet', '--epochs', '1',
+            '--test_clips', '1', '--op', 'bat', '--op_options', 's=4,resize=block')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / 'config.json').read_text())['op_options'] == 's=4,resize=block'
+    ev = cli('nlb_eval', '--out', str(out), '--clips', '1')
+    assert ev.returncode == 0 and 'video top-1' in ev.stdout, ev.stderr[-3000:]
