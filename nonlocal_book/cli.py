@@ -358,9 +358,9 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
                 (out / 'bad_videos.json').write_text(json.dumps(skipped, indent=1))
                 print(f'{len(skipped)} unreadable training videos were skipped (listed in {out / "bad_videos.json"})')
             if learn.history:
-                import matplotlib; matplotlib.use('Agg')
+                import matplotlib.pyplot as plt        # no backend switch: a notebook calling this keeps its inline plots
                 ax = plot_history(learn.history, f'{op} in {backbone}')
-                ax[0].figure.savefig(out / 'curves.png', dpi=100)
+                ax[0].figure.savefig(out / 'curves.png', dpi=100); plt.close(ax[0].figure)
         return row
     finally: cleanup_distributed()
 
