@@ -261,7 +261,7 @@ def evaluate(self: Learner, ds=None, max_batches: int | None = None) -> dict:
 @patch
 @contextlib.contextmanager
 def stop_on_signals(self: Learner):
-    "While inside: the first Ctrl-C (SIGINT) or SIGTERM asks for a clean stop after the current step; a second Ctrl-C stops at once."
+    "While inside: the first Ctrl-C (SIGINT) or SIGTERM asks for a clean stop after the current step; a second Ctrl-C stops at once.\n    Signals the process ignores (SIGINT in a shell's background job) stay ignored."
     if threading.current_thread() is not threading.main_thread(): yield; return     # handlers live in the main thread only
     pid = os.getpid()
     def handler(signum, frame):
@@ -269,7 +269,8 @@ def stop_on_signals(self: Learner):
         if self.stop_signal is not None and signum == signal.SIGINT: raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
         if self.is_main: print(f'\n{self.stop_signal}: stopping cleanly after this step (Ctrl-C again to stop at once)', file=sys.stderr)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal this process was told to ignore (SIGINT in a background job) stays ignored
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN}
     try: yield
     finally:
         for s, h in old.items(): signal.signal(s, h)
