@@ -318,6 +318,7 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
     elif (out / 'last.pt').exists():
         raise UsageError(f'{out} already holds a run: pass --resume to continue it, or choose another --out')
     rank, world, device = setup_distributed()
+    together = False                    # every rank reaches the end alike: leave the process group together
     try:
         t0 = time.time()
         train_ds, valid_ds, what = load_data(data, frames, stride, seed, clips=test_clips, progress=progress and rank == 0,
@@ -361,8 +362,12 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
                 import matplotlib.pyplot as plt        # no backend switch: a notebook calling this keeps its inline plots
                 ax = plot_history(learn.history, f'{op} in {backbone}')
                 ax[0].figure.savefig(out / 'curves.png', dpi=100); plt.close(ax[0].figure)
+        together = True
         return row
-    finally: cleanup_distributed()
+    except KeyboardInterrupt as e:
+        together = type(e).__name__ == 'TrainingInterrupted'       # all ranks stopped after the same step
+        raise
+    finally: cleanup_distributed(together)
 
 @call_parse
 def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'none'", str) = 'nl',

@@ -30,9 +30,12 @@ def setup_distributed(backend: str | None = None):
     if not dist.is_initialized(): dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size(), device
 
-def cleanup_distributed():
-    "Leave the process group (if any)."
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+def cleanup_distributed(together: bool = False):
+    """Leave the process group (if any). `together`: first wait for every rank (a barrier) — on the paths where all ranks
+    finish alike. A rank that tears its connections down while another still works can abort the process (gloo)."""
+    if dist.is_available() and dist.is_initialized():
+        if together: dist.barrier()
+        dist.destroy_process_group()
 
 # %% ../../nbs/32_distributed.ipynb #1306c332
 @call_parse
@@ -52,6 +55,7 @@ def ddp_smoke(out: Param('folder for each rank\'s weights and the metrics', str)
         Path(out).mkdir(parents=True, exist_ok=True)
         torch.save(dict(model=learn.model.state_dict(), indices=learn.sampler.indices(), world=world,
                         metrics=learn.history[-1]), Path(out) / f'rank{rank}.pt')
+        cleanup_distributed(together=True)
     finally: cleanup_distributed()
 
 def launch_smoke(out, nproc: int = 2, epochs: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
