@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_cli.ipynb #2248e744
 from __future__ import annotations
-import importlib.util, json, os, re, sys, time
+import importlib.util, inspect, json, os, re, sys, time
 from pathlib import Path
 import torch
 from fastcore.script import call_parse, Param, store_true
@@ -14,14 +14,18 @@ from .models.backbones import _wants_T
 # %% auto #0
 __all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'SPLIT_NAMES', 'build_operator', 'operator_table', 'format_table', 'demo',
            'saved_bytes', 'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model',
-           'parse_options', 'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train',
+           'parse_options', 'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train', 'load_run',
            'evaluate_run', 'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
-def _median_time(fn, reps):
+def _sync(device):
+    if device is not None and device.type == 'cuda': torch.cuda.synchronize(device)
+
+def _median_time(fn, reps, device=None):
+    "Median seconds of `reps` calls of `fn` (on CUDA, synchronised before and after each call)."
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
+        _sync(device); t0 = time.perf_counter(); fn(); _sync(device); times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
 def build_operator(name: str, channels: int, frames: int = 4):
@@ -84,9 +88,6 @@ def demo(operators: Param("comma-separated operator names (default: every regist
     print(format_table(rows))
 
 # %% ../nbs/31_cli.ipynb #e5be723f
-def _sync(device):
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-
 def saved_bytes(fn):
     "(output of `fn()`, bytes of the tensors autograd keeps for the backward pass, each storage counted once)."
     seen = {}
@@ -117,14 +118,9 @@ def bench_operator(name: str, channels: int = 256, frames: int = 8, size: int = 
             step()
     except (ValueError, RuntimeError) as e: return dict(operator=name, error=f'{type(e).__name__}: {e}')
     row = dict(operator=name, params=count_params(block), macs=count_macs(block, x.detach()))
-    def timed(f):
-        ts = []
-        for _ in range(reps):
-            _sync(dev); t0 = time.perf_counter(); f(); _sync(dev); ts.append(time.perf_counter() - t0)
-        return sorted(ts)[len(ts) // 2] * 1e3
-    with torch.no_grad(): row['forward_ms'] = timed(fwd)
+    with torch.no_grad(): row['forward_ms'] = _median_time(fwd, reps, dev) * 1e3
     if backward:
-        row['train_ms'] = timed(step)
+        row['train_ms'] = _median_time(step, reps, dev) * 1e3
         _, row['saved_mb'] = saved_bytes(fwd); row['saved_mb'] /= 2 ** 20
     if dev.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(dev); base = torch.cuda.memory_allocated(dev)
@@ -190,14 +186,19 @@ def _backbone(backbone, classes, width, dropout, depth):
 
 TORCHVISION_HINT = '--pretrained imagenet needs torchvision (pip install "nonlocal_book[torchvision]"), or pass a state-dict file'
 
+def _check_pretrained(pretrained, depth):
+    "The cheap checks of `--pretrained` (before any data or weights are loaded)."
+    if not pretrained: return
+    if depth == 0: raise UsageError('--pretrained needs --depth 18, 34, 50, 101 or 152: the small ResNet has no ImageNet weights')
+    if pretrained == 'imagenet':
+        if importlib.util.find_spec('torchvision') is None: raise UsageError(TORCHVISION_HINT)
+    elif not Path(pretrained).is_file():
+        raise UsageError(f"--pretrained must be 'imagenet' (torchvision's weights) or a state-dict file; {pretrained} is neither")
+
 def _load_pretrained(model, pretrained, depth):
     from nonlocal_book.models.pretrained import load_imagenet
-    if depth == 0: raise UsageError('--pretrained needs --depth 18, 34, 50, 101 or 152: the small ResNet has no ImageNet weights')
-    path = None if pretrained == 'imagenet' else pretrained
-    if path is not None and not Path(path).is_file():
-        raise UsageError(f"--pretrained must be 'imagenet' (torchvision's weights) or a state-dict file; {path} is neither")
-    try: return load_imagenet(model, depth, path=path)
-    except ModuleNotFoundError: raise UsageError(TORCHVISION_HINT)
+    _check_pretrained(pretrained, depth)
+    try: return load_imagenet(model, depth, path=None if pretrained == 'imagenet' else pretrained)
     except (KeyError, RuntimeError) as e: raise UsageError(f'--pretrained {pretrained}: {e}')
 
 def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width: int = 8, frames: int = 8,
@@ -288,7 +289,7 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
                  out='runs/train', resume=False, seed=0, test_clips=3, progress=True, ckpt_every=0, dropout=0.0,
                  depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='', cbs=()):
     "Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner callbacks."
-    from nonlocal_book.train.learner import Learner, MetricsCB, ProgressCB, CheckpointCB, plot_history
+    from nonlocal_book.train.learner import Learner, MetricsCB, ProgressCB, CheckpointCB, TrainingInterrupted, plot_history
     from nonlocal_book.train.distributed import setup_distributed, cleanup_distributed
     from nonlocal_book.models.backbones import PRESETS, KINDS
     from nonlocal_book.train.learner import AMP
@@ -300,8 +301,7 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
     if preset and preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     if amp not in AMP: raise UsageError(f"--amp must be one of none, bf16, fp16; got {amp!r}")
     if not 0 <= dropout < 1: raise UsageError(f'--dropout must be in [0, 1), got {dropout}')
-    if pretrained and depth == 0: raise UsageError('--pretrained needs --depth 18, 34, 50, 101 or 152: the small ResNet has no ImageNet weights')
-    if pretrained == 'imagenet' and importlib.util.find_spec('torchvision') is None: raise UsageError(TORCHVISION_HINT)
+    _check_pretrained(pretrained, depth)
     options = parse_options(op_options)
     build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth, options=options)   # it fits the backbone (no weights)
     out = Path(out)
@@ -312,8 +312,8 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
     if resume:
         if not (out / 'last.pt').exists(): raise UsageError(f'--resume: no checkpoint at {out / "last.pt"}; run without --resume to start')
         saved = json.loads((out / 'config.json').read_text())
-        new_keys = dict(depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='')  # runs saved before these
-        changed = {k: (saved.get(k, new_keys.get(k)), v) for k, v in config.items() if k != 'epochs' and saved.get(k, new_keys.get(k)) != v}
+        default = {k: p.default for k, p in inspect.signature(run_training).parameters.items()}   # for runs saved before an option existed
+        changed = {k: (saved.get(k, default[k]), v) for k, v in config.items() if k != 'epochs' and saved.get(k, default[k]) != v}
         if changed: raise UsageError(f'--resume with options that differ from the saved run: {changed}; use another --out')
     elif (out / 'last.pt').exists():
         raise UsageError(f'{out} already holds a run: pass --resume to continue it, or choose another --out')
@@ -365,7 +365,7 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
         together = True
         return row
     except KeyboardInterrupt as e:
-        together = type(e).__name__ == 'TrainingInterrupted'       # all ranks stopped after the same step
+        together = isinstance(e, TrainingInterrupted)               # all ranks stopped after the same step
         raise
     finally: cleanup_distributed(together)
 
@@ -418,12 +418,10 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
         sys.exit(143 if 'SIGTERM' in str(e) else 130)
     if int(os.environ.get('RANK', 0)) == 0: print('\n' + results_table([row]))
 
-def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: int = 8, crops: int = 1) -> dict:
-    "Rebuild the model of the run in `out`, load its checkpoint (weights_only) and test it with `clips` clips (× `crops` crops) per video."
-    from nonlocal_book.train.learner import Learner
+def load_run(out='runs/train', clips: int = 1, data: str = '', crops: int = 1) -> tuple:
+    """(model, validation set, its description, config) of the run in `out`: the model rebuilt from config.json with the
+    checkpoint's weights (weights_only), the data with `clips` clips (× `crops` crops) per video — what `nlb_eval` tests."""
     out = Path(out)
-    if clips < 1: raise UsageError('--clips must be >= 1')
-    if crops not in (1, 3): raise UsageError(f'--crops must be 1 (centre) or 3 (along the long side), got {crops}')
     if not (out / 'config.json').exists() or not (out / 'last.pt').exists():
         raise UsageError(f'{out} holds no finished run (config.json and last.pt); train one with nlb_train --out {out}')
     cfg = json.loads((out / 'config.json').read_text())
@@ -432,6 +430,14 @@ def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: 
     model, _ = build_model(cfg['op'], cfg['backbone'], len(valid_ds.classes), cfg['width'], cfg['frames'], cfg['preset'],
                            cfg['seed'], cfg.get('dropout', 0.0), cfg.get('depth', 0), options=parse_options(cfg.get('op_options', '')))
     model.load_state_dict(torch.load(out / 'last.pt', map_location='cpu', weights_only=True)['model'])
+    return model, valid_ds, what, cfg
+
+def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: int = 8, crops: int = 1) -> dict:
+    "Rebuild the model of the run in `out`, load its checkpoint (weights_only) and test it with `clips` clips (× `crops` crops) per video."
+    from nonlocal_book.train.learner import Learner
+    if clips < 1: raise UsageError('--clips must be >= 1')
+    if crops not in (1, 3): raise UsageError(f'--crops must be 1 (centre) or 3 (along the long side), got {crops}')
+    model, valid_ds, what, cfg = load_run(out, clips, data, crops)
     learn = Learner(model, valid_ds, valid_ds, batch_size=batch_size, amp=cfg.get('amp', 'none'))
     return dict(learn.evaluate(), clips=clips, crops=crops, data=what)
 
@@ -509,13 +515,11 @@ def build_subset(annotations, out, videos: str = '', classes='10', train: int = 
         except (OSError, ValueError) as e: raise UsageError(f'--mini: {e}')
         rows, _, rep = build_mini_kinetics(rows, ids['train'], ids['val'], strict=False)
         source = f"Mini-Kinetics-200 ({rep['train']:,} train + {rep['val']:,} val of its ids are in the annotations)"
-    found = None
     if videos:
         try: index = index_videos(videos)
         except FileNotFoundError as e: raise UsageError(f'--videos: {e}')
-        found = [r for r in rows if r.stem in index]
-        source += f', {len(found):,} of them on disk below {videos}'
-        rows = found
+        rows = [r for r in rows if r.stem in index]
+        source += f', {len(rows):,} of them on disk below {videos}'
         n = Counter((r.label, r.split) for r in rows)
         ready = sorted({r.label for r in rows if n[(r.label, 'train')] >= train and n[(r.label, 'val')] >= val})
         if isinstance(want, int):

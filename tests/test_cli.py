@@ -15,12 +15,17 @@ def entry_points() -> dict:
     return {n: tuple(target.split(':')) for n, target in pairs}
 
 
-def cli(name, *args, timeout=600, tmp=Path(os.environ.get('TMPDIR', '/tmp'))):
-    "Run console script `name` through a stub file, exactly as pip's generated entry point does (from the working tree)."
+def stub(name, folder=Path(os.environ.get('TMPDIR', '/tmp'))) -> Path:
+    "A script that runs console script `name` exactly as pip's generated entry point does (from the working tree)."
     mod, fn = entry_points()[name]
-    stub = tmp / f'nlb_stub_{name}.py'
-    stub.write_text(f'import sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n')
-    return subprocess.run([sys.executable, str(stub), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    path = Path(folder) / f'nlb_stub_{name}.py'
+    path.write_text(f'import sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n')
+    return path
+
+
+def cli(name, *args, timeout=600):
+    "Run console script `name` through its stub."
+    return subprocess.run([sys.executable, str(stub(name)), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize('name', ['nlb_train', 'nlb_eval', 'nlb_subset', 'nlb_synthetic', 'nlb_bench', 'nlb_demo'])
@@ -180,9 +185,8 @@ def test_sigterm_stops_cleanly_and_resume_ends_where_an_uninterrupted_run_ends(t
     straight = cli('nlb_train', *common, '--out', str(tmp_path / 'straight'))
     assert straight.returncode == 0, straight.stderr[-3000:]
     out = tmp_path / 'run'
-    mod, fn = entry_points()['nlb_train']
-    stub = tmp_path / 'stub.py'; stub.write_text(f'import sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n')
-    p = subprocess.Popen([sys.executable, str(stub), *common, '--out', str(out)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, str(stub('nlb_train', tmp_path)), *common, '--out', str(out)], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / 'metrics.jsonl').exists() and p.poll() is None and time.time() < deadline: time.sleep(0.02)
     p.send_signal(signal.SIGTERM)                       # during epoch 2: a step, the evaluation, or between them
@@ -209,11 +213,10 @@ def _children(pid):
 @pytest.mark.skipif(not Path('/proc/self/task').exists(), reason='needs Linux /proc to find the ranks')
 def test_sigterm_to_one_torchrun_rank_stops_both_at_the_same_step_and_resume_is_exact(tmp_path, tiny_set):
     import signal, time, torch
-    mod, fn = entry_points()['nlb_train']
-    stub = tmp_path / 'stub.py'; stub.write_text(f'import sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n')
+    script = stub('nlb_train', tmp_path)
     env = {**ENV, 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1'}
     common = ['--data', str(tiny_set), '--frames', '4', '--batch_size', '2', '--width', '4', '--quiet', '--test_clips', '1', '--epochs', '5']
-    run = lambda out, *extra: [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(stub),
+    run = lambda out, *extra: [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script),
                                *common, '--out', str(out), *extra]
     straight = subprocess.run(run(tmp_path / 'straight'), env=env, capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]

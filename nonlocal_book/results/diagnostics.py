@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from ..core import *
 
 # %% auto #0
-__all__ = ['is_distribution', 'attention_stats', 'diagnose', 'format_diagnosis', 'query_maps', 'plot_query_maps']
+__all__ = ['is_distribution', 'attention_stats', 'recorded_maps', 'diagnose', 'format_diagnosis', 'query_maps', 'plot_query_maps']
 
 # %% ../../nbs/42_diagnostics.ipynb #fc23ab53
 def is_distribution(a: torch.Tensor, tol: float = 1e-3) -> bool:
@@ -39,22 +39,28 @@ def attention_stats(attn: torch.Tensor) -> dict:
 
 # %% ../../nbs/42_diagnostics.ipynb #1a35e87b
 @torch.no_grad()
+def recorded_maps(model: nn.Module, x: torch.Tensor) -> dict:
+    "Run `x` through `model` in eval mode while recording every operator block's maps (`recording`); the mode is restored."
+    was = model.training
+    try:
+        model.eval()
+        with recording(model) as maps: model(x)
+    finally: model.train(was)
+    return maps
+
+@torch.no_grad()
 def diagnose(model: nn.Module, x: torch.Tensor) -> list:
     "One row per `OperatorBlock` of `model` on clips `x`: block, type, branch ratio, and the `attention_stats` of its 'attn' map."
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, OperatorBlock)}
     if not blocks: raise ValueError('the model has no operator blocks (OperatorBlock) to diagnose')
-    ratio, hooks = {}, []
+    ratio = {}
     def hook(name):
         def f(module, inp, out):
             if torch.is_tensor(out) and out.shape == inp[0].shape: ratio[name] = ((out - inp[0]).norm() / inp[0].norm().clamp_min(1e-12)).item()
         return f
     hooks = [m.register_forward_hook(hook(n)) for n, m in blocks.items()]
-    was = model.training
-    try:
-        model.eval()
-        with recording(model) as maps: model(x)
+    try: maps = recorded_maps(model, x)
     finally:
-        model.train(was)
         for h in hooks: h.remove()
     rows = []
     for n, m in blocks.items():
@@ -78,11 +84,7 @@ def format_diagnosis(rows, title: str = '') -> str:
 def query_maps(model: nn.Module, clip: torch.Tensor, block: str, queries) -> tuple:
     """({query: (I, J) map}, (T, H, W)): the attention of each query (t, h, w) — a position on `block`'s T×H×W query grid —
     over the key grid, summed over key frames, for one clip (C, T, H, W); the model runs in eval mode."""
-    was = model.training
-    try:
-        model.eval()
-        with recording(model) as maps: model(clip[None])
-    finally: model.train(was)
+    maps = recorded_maps(model, clip[None])
     if 'attn' not in maps.get(block, {}):
         raise ValueError(f"{block!r} kept no 'attn' map; blocks with one: {[n for n, m in maps.items() if 'attn' in m]}")
     A = maps[block]['attn'][0]                                      # (T, H, W, U, I, J)

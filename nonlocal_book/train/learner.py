@@ -261,7 +261,8 @@ def evaluate(self: Learner, ds=None, max_batches: int | None = None) -> dict:
 @patch
 @contextlib.contextmanager
 def stop_on_signals(self: Learner):
-    "While inside: the first Ctrl-C (SIGINT) or SIGTERM asks for a clean stop after the current step; a second Ctrl-C stops at once.\n    Signals the process ignores (SIGINT in a shell's background job) stay ignored."
+    """While inside: the first Ctrl-C (SIGINT) or SIGTERM asks for a clean stop after the current step; a second Ctrl-C stops at once.
+    Signals the process ignores (SIGINT in a shell's background job) stay ignored."""
     if threading.current_thread() is not threading.main_thread(): yield; return     # handlers live in the main thread only
     pid = os.getpid()
     def handler(signum, frame):
@@ -285,7 +286,7 @@ def fit(self: Learner):
             while self.epoch < self.epochs:
                 self('before_epoch')
                 try: self.train_epoch()
-                except CancelEpoch: self.busy = None
+                except CancelEpoch: pass
                 self.busy = 'the evaluation'                 # it draws from the generators too
                 self.metrics = self.evaluate()
                 self.busy = None
