@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util, inspect, json, os, re, sys, time
 from pathlib import Path
 import torch
-from fastcore.script import call_parse, Param, store_true
+from .script import call_parse, Param, store_true
 from .core import *
 from .models.backbones import _wants_T
 

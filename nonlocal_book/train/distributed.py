@@ -8,7 +8,7 @@ import os, subprocess, sys, json
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from fastcore.script import call_parse, Param
+from ..script import call_parse, Param
 from ..core import *
 from .learner import *
 
