@@ -268,7 +268,7 @@ def show_maps(maps, titles=None, ncols: int = 4, cmap: str = 'viridis', suptitle
     return axes
 
 
-# %% ../nbs/00_notation.ipynb #57aabcc3
+# %% ../nbs/00_notation.ipynb #7f4e77d8
 def plot_curves(x, curves: dict, xlabel: str, ylabel: str, title: str, logy: bool = True, ax=None, styles=None):
     "Plot named curves `{label: ys}` against `x`; returns the axes."
     import matplotlib.pyplot as plt
@@ -278,7 +278,7 @@ def plot_curves(x, curves: dict, xlabel: str, ylabel: str, title: str, logy: boo
     ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.set_title(title); ax.grid(alpha=0.3); ax.legend()
     return ax
 
-# %% ../nbs/00_notation.ipynb #a0dee0db
+# %% ../nbs/00_notation.ipynb #bbd170dd
 DIAGRAM_COLOURS = {'tensor': '#dbe9f6', 'op': '#fde3c0', 'join': 'white'}
 
 def block_diagram(boxes: dict, arrows, title: str, note: str = '', figsize=(8, 3.6), fontsize: float = 10):
