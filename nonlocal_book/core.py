@@ -294,13 +294,14 @@ def block_diagram(boxes: dict, arrows, title: str, note: str = '', figsize=(8, 3
         if kind not in DIAGRAM_COLOURS: raise ValueError(f"box {name!r}: unknown kind {kind!r}; choose one of {tuple(DIAGRAM_COLOURS)}")
         style = 'circle,pad=0.15' if kind == 'join' else 'round,pad=0.35'
         artists[name] = ax.text(x, y, text, ha='center', va='center', fontsize=fontsize + (2 if kind == 'join' else 0),
-                                bbox=dict(boxstyle=style, fc=DIAGRAM_COLOURS[kind], ec='0.3', lw=0.8), zorder=3)
+                                bbox=dict(boxstyle=style, fc=DIAGRAM_COLOURS[kind], ec='0.3', lw=0.8), zorder=2)
     for arrow in arrows:
         src, dst, label, bend = (tuple(arrow) + ('', 0.0)[len(arrow) - 2:])[:4]
         missing = [n for n in (src, dst) if n not in boxes]
         if missing: raise KeyError(f"arrow {src!r} -> {dst!r}: no box named {missing[0]!r}; boxes: {', '.join(boxes)}")
         a, b = artists[src], artists[dst]
-        ax.annotate('', xy=(0.5, 0.5), xycoords=b, xytext=(0.5, 0.5), textcoords=a, zorder=2,
+        # data coordinates, and arrows drawn after the boxes (zorder 3): each box has placed its patch before an arrow is clipped to it
+        ax.annotate('', xy=boxes[dst][:2], xytext=boxes[src][:2], zorder=3,
                     arrowprops=dict(arrowstyle='-|>', color='0.25', lw=1.1, shrinkA=2, shrinkB=2,
                                     patchA=a.get_bbox_patch(), patchB=b.get_bbox_patch(), connectionstyle=f'arc3,rad={bend}'))
         if label:
