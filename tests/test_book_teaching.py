@@ -1,0 +1,107 @@
+"""The teaching layer of every chapter: a bibliography citation (operator chapters), a summary, and at least three exercises
+each with a folded, running solution; a report of code cells longer than 40 lines (counted, not failed: the lead decides)."""
+import json, re
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = ROOT / 'nbs'
+CHAPTERS = sorted(p for p in NBS.glob('[0-9]*.ipynb') if not p.name.startswith('45_'))   # 45_beyond: written elsewhere
+OPERATOR_CHAPTERS = [p for p in CHAPTERS if re.match(r'0[1-6]_', p.name)]
+CITE = re.compile(r'\[@([\w:-]+)(?:[;,][^\]]*)?\]')
+FOLD = ('#| code-fold: true', '#| code-fold: show')
+
+
+def cells(nb): return json.loads(nb.read_text(encoding='utf-8'))['cells']
+def src(c): return ''.join(c['source'])
+def bib_keys(): return set(re.findall(r'^@\w+\{([^,\s]+),', (NBS / 'references.bib').read_text(encoding='utf-8'), re.M))
+
+
+def exercises(nb):
+    "[(exercise number, folded solution follows)] for each markdown cell that opens with '**Exercise n.**'."
+    cs, out = cells(nb), []
+    for i, c in enumerate(cs):
+        m = re.match(r'\*\*Exercise (\d+)\.\*\*', src(c)) if c['cell_type'] == 'markdown' else None
+        if not m: continue
+        nxt = cs[i + 1] if i + 1 < len(cs) else None
+        folded = nxt is not None and nxt['cell_type'] == 'code' and src(nxt).lstrip().startswith(FOLD)
+        out.append((int(m.group(1)), folded))
+    return out
+
+
+def test_quarto_reads_the_bibliography():
+    cfg = (NBS / '_quarto.yml').read_text(encoding='utf-8')
+    assert re.search(r'^bibliography:\s*references\.bib\s*$', cfg, re.M), '_quarto.yml must name references.bib'
+    assert (NBS / 'references.bib').exists()
+
+
+@pytest.mark.parametrize('nb', OPERATOR_CHAPTERS, ids=lambda p: p.name)
+def test_operator_chapter_cites_its_paper_and_links_code(nb):
+    cs = cells(nb)
+    head = next((i for i, c in enumerate(cs) if c['cell_type'] == 'markdown' and src(c).startswith('**Paper.**')), None)
+    assert head is not None and head <= 5, f'{nb.name}: needs a "**Paper.**" citation cell right after the title'
+    text = src(cs[head])
+    assert CITE.search(text), f'{nb.name}: the citation cell must cite the paper as [@key]'
+    assert re.search(r'https://(arxiv\.org|openaccess\.thecvf\.com)/', text), f'{nb.name}: link the paper (arXiv or CVF)'
+    assert '**Official code.**' in text, f'{nb.name}: say where the official code is (or that there is none)'
+
+
+@pytest.mark.parametrize('nb', CHAPTERS, ids=lambda p: p.name)
+def test_every_citation_is_in_the_bibliography(nb):
+    keys = {k for c in cells(nb) if c['cell_type'] == 'markdown' for k in CITE.findall(src(c))}
+    missing = keys - bib_keys()
+    assert not missing, f'{nb.name}: cites {sorted(missing)}, not in nbs/references.bib'
+
+
+@pytest.mark.parametrize('nb', OPERATOR_CHAPTERS, ids=lambda p: p.name)
+def test_operator_chapter_draws_its_block_before_its_code(nb):
+    cs = cells(nb)
+    draw = next((i for i, c in enumerate(cs) if c['cell_type'] == 'code' and 'block_diagram(' in src(c)), None)
+    first_export = next(i for i, c in enumerate(cs) if c['cell_type'] == 'code' and re.match(r'#\|\s*export', src(c)))
+    assert draw is not None, f'{nb.name}: needs a cell that draws its block with block_diagram'
+    assert draw < first_export, f'{nb.name}: the diagram (cell {draw}) should come before the code (cell {first_export})'
+    assert src(cs[draw]).rstrip().endswith(';'), f'{nb.name}: end the diagram cell with ";" (no stray Text(...) output)'
+
+
+@pytest.mark.parametrize('nb', CHAPTERS, ids=lambda p: p.name)
+def test_chapter_has_summary_and_exercises(nb):
+    md = [src(c) for c in cells(nb) if c['cell_type'] == 'markdown']
+    assert any(re.match(r'## Summary\b', s) for s in md), f'{nb.name}: needs a "## Summary" section'
+    assert any(re.match(r'## Exercises\b', s) for s in md), f'{nb.name}: needs an "## Exercises" section'
+    ex = exercises(nb)
+    assert len(ex) >= 3, f'{nb.name}: needs at least 3 exercises ("**Exercise n.**" cells), has {len(ex)}'
+    assert [n for n, _ in ex] == list(range(1, len(ex) + 1)), f'{nb.name}: exercises should be numbered 1..n'
+    unfolded = [n for n, folded in ex if not folded]
+    assert not unfolded, f'{nb.name}: exercise(s) {unfolded} need a solution cell right after, starting "#| code-fold: true"'
+
+
+def test_exercise_check_can_fail(tmp_path):
+    "The exercise check itself: a solution that is not folded, or a missing one, is caught."
+    def nb(*cs):
+        p = tmp_path / 'x.ipynb'
+        p.write_text(json.dumps({'cells': [{'cell_type': t, 'source': [s], 'metadata': {}} for t, s in cs]}))
+        return p
+    good = nb(('markdown', '**Exercise 1.** Derive.'), ('code', '#| code-fold: true\nassert 1'))
+    assert exercises(good) == [(1, True)]
+    assert exercises(nb(('markdown', '**Exercise 1.** Derive.'), ('code', 'assert 1'))) == [(1, False)]
+    assert exercises(nb(('markdown', '**Exercise 1.** Derive.'))) == [(1, False)]
+
+
+def long_code_cells(limit=40):
+    "(notebook, cell index, lines, folded) of every code cell over `limit` lines, over all notebooks."
+    out = []
+    for nb in sorted(NBS.glob('*.ipynb')):
+        for i, c in enumerate(cells(nb)):
+            n = len(src(c).splitlines())
+            if c['cell_type'] == 'code' and n > limit:
+                out.append((nb.name, i, n, src(c).lstrip().startswith(FOLD)))
+    return out
+
+
+def test_report_long_code_cells(capsys):
+    "Counts code cells longer than 40 lines; reported, not failed (target: none outside folded measurement cells)."
+    long = long_code_cells()
+    with capsys.disabled():
+        print(f'\ncode cells > 40 lines: {len(long)} ({sum(f for *_, f in long)} folded)')
+        for name, i, n, folded in long: print(f'  {name} cell {i}: {n} lines{" (folded)" if folded else ""}')
+    assert all(n > 40 for _, _, n, _ in long)
