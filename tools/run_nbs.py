@@ -2,7 +2,7 @@
 
 nbdev renders the outputs stored in the notebooks (it does not execute them), so chapters are executed before a release.
 Cells marked `#| eval: false` are skipped, and so are cells flagged `gpu` (they need a CUDA GPU and the internet) unless
-`--gpu` is given; slow cells run. Stops at the first failing cell. Run `nbdev_clean` afterwards."""
+`--gpu` is given; slow cells run unless `--fast` is given. Stops at the first failing cell. Run `nbdev_clean` afterwards."""
 import os, sys, time
 from pathlib import Path
 from execnb.shell import CaptureShell
@@ -36,6 +36,7 @@ def run(path: Path, skip=SKIP_FLAGS):
 
 
 if __name__ == '__main__':
-    skip = SKIP_FLAGS - {'gpu'} if '--gpu' in sys.argv else SKIP_FLAGS
+    skip = SKIP_FLAGS - {'gpu'} if '--gpu' in sys.argv else set(SKIP_FLAGS)
+    if '--fast' in sys.argv: skip |= {'slow'}
     for p in sys.argv[1:]:
-        if p != '--gpu': run(Path(p), skip)
+        if p not in ('--gpu', '--fast'): run(Path(p), skip)

@@ -170,7 +170,7 @@ def render(copy: Path, stems: list[str], out: Path) -> dict:
     import nbconvert, nbformat
     env = {**os.environ, 'PYTHONPATH': str(copy), 'MPLBACKEND': 'Agg'}
     t0 = time.time()
-    subprocess.run([sys.executable, 'tools/run_nbs.py', *[f'nbs/{s}.ipynb' for s in stems]], cwd=copy, env=env, check=True)
+    subprocess.run([sys.executable, 'tools/run_nbs.py', '--fast', *[f'nbs/{s}.ipynb' for s in stems]], cwd=copy, env=env, check=True)
     proc = process(copy)
     out.mkdir(parents=True, exist_ok=True)
     report = {}
