@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from ..core import *
 from ..models.backbones import *
+from ..ops.gta import SpatialAttention
 
 # %% auto #0
 __all__ = ['CLIP', 'A2CLIP', 'IMAGE', 'R50_5', 'RNL_5', 'RNL_RES4', 'BAT2', 'PAPER_ROWS', 'NOT_IN_BOOK', 'NO_BACKBONE',
@@ -26,7 +27,7 @@ class PaperRow:
     input: tuple                  # (T, H, W) for a clip, (H, W) for an image
     params_m: float | None        # the paper's parameters, millions (an increment when `delta`)
     gmacs: float | None           # the paper's multiply-adds, G (an increment when `delta`)
-    op: str | None = None         # registered operator inserted, if any
+    op: str | type | None = None  # registered operator inserted, if any (or a block class the registry does not list)
     preset: str | None = None     # where (a PRESETS name), or `at`/`where` below
     at: dict | None = None
     where: str = 'after'
@@ -115,7 +116,7 @@ PAPER_ROWS = [
     PaperRow('gta1_gta', 'GTA Table 1', '+ GTA (5 blocks)', _r2d(), CLIP, 31.2, 50.2, op='gta', preset='gta'),
     *[PaperRow(f'gta1_sf_{k}', 'GTA Table 1', f'SlowFast-R50{m}', None, CLIP, p, g)
       for k, m, g, p in (('base', '', 131.4, 34.0), ('nl', ' + NL', 239.9, 41.4), ('dnl', ' + DNL', 169.1, 41.4), ('gta', ' + GTA', 169.9, 41.4))],
-    PaperRow('gta6_sa', 'GTA Table 6', '+SA (5 blocks)', _r2d(), CLIP, 27.5, 41.7, op='sa', preset='nl'),
+    PaperRow('gta6_sa', 'GTA Table 6', '+SA (5 blocks)', _r2d(), CLIP, 27.5, 41.7, op=SpatialAttention, preset='nl'),
     PaperRow('gta6_ta', 'GTA Table 6', '+TA (5 blocks)', _r2d(), CLIP, 27.5, 41.0, op='dnl', preset='nl', options=dict(spatial=False)),
     PaperRow('gta6_sa_ta', 'GTA Table 6', '+SA+TA (5 blocks)', _r2d(), CLIP, 31.2, 49.9, op='dnl', preset='nl'),
     PaperRow('gta6_tape', 'GTA Table 6', '+SA+TAPE (5 blocks)', _r2d(), CLIP, 31.2, None, op='tape', preset='nl'),
@@ -155,12 +156,26 @@ NO_BACKBONE = 'backbone not in the book'
 
 def _frames(row): return row.input[0] if len(row.input) == 3 else None
 
+def _insert_class(model, row, **options):
+    "Insert blocks of the class `row.op` after the row's residual blocks (for a block the registry does not list)."
+    names = []
+    for s, which in (PRESETS[row.preset]['at'] if row.preset else row.at).items():
+        stage = model.stages()[s]
+        for i in ([which] if isinstance(which, int) else which):
+            p = next(model.parameters())
+            with torch.device(p.device): stage.after[str(i)] = row.op(stage.blocks[i].out_channels, **{**options, **(row.stage_options or {}).get(s, {})})
+            names.append(f'{s}.after.{i}')
+    return names
+
+def _op_name(row): return row.op.__name__ if isinstance(row.op, type) else row.op
+
 def build_row(row: PaperRow, with_op: bool = True, device='meta'):
     "The row's model on `device` (meta by default), with its operator inserted when `with_op`; returns (model, inserted names, note)."
     with torch.device(device): model = row.backbone()
     names, note = [], ''
     if with_op and row.op:
         def insert(**options):
+            if isinstance(row.op, type): return _insert_class(model, row, **options)
             if row.preset and not row.stage_options: return insert_preset(model, row.preset, op=row.op, frames=_frames(row), **options)
             at, where = (PRESETS[row.preset]['at'], PRESETS[row.preset]['where']) if row.preset else (row.at, row.where)
             return insert_operator(model, row.op, at=at, where=where, frames=_frames(row), stage_options=row.stage_options, **options)
@@ -222,7 +237,7 @@ def measure_row(row: PaperRow) -> dict:
     rec = dict(key=row.key, source=row.source, model=row.model, paper_params=row.params_m, paper_gmacs=row.gmacs,
                params=None, gmacs=None, status='')
     if row.backbone is None: rec['status'] = NO_BACKBONE; return rec
-    if row.op and row.op not in list_operators(): rec['status'] = NOT_IN_BOOK; return rec
+    if isinstance(row.op, str) and row.op not in list_operators(): rec['status'] = NOT_IN_BOOK; return rec
     shape = row.input
     model, names, note = build_row(row)
     params, macs = count_params(model), _macs(model, names, shape)
