@@ -139,14 +139,16 @@ def rnl_attend(q, k, v, f='gaussian', scale=1.0, eps=1e-6, return_weights=False)
 class RNLBlock(OperatorBlock):
     """Region-based non-local block (Huang & Bors 2020, Eq. 8–9): z = BN(W_z y) + x with
     y_i = 1/C(x) Σ_j f(F_θ(W_g x)_i, F_θ(W_g x)_j) (W_g x)_j. Input (B, C, T, H, W) or (B, C, H, W);
-    while recording, keeps `attn` (B, T, H, W, T', H', W'). `region_init` is F_θ's init ('official' or 'pytorch');
-    `backend='sdpa'` hands the Gaussian form to `F.scaled_dot_product_attention` when not recording."""
+    while recording, keeps `attn` (B, T, H, W, T', H', W'). `region_init` is F_θ's init ('official' or 'pytorch').
+    `backend`: 'sdpa' hands the Gaussian form to `F.scaled_dot_product_attention` when not recording (no N×M matrix kept
+    for backward), 'einsum' always forms the weights; 'auto' (default) is 'sdpa' for the Gaussian, else 'einsum'."""
     def __init__(self, channels: int, inner: int | None = None, f: str = 'gaussian', region: str = 'conv',
                  kernel=(3, 7, 7), scale: float = 1.0, subsample: bool = False, norm: bool = True,
-                 zero_init: bool = True, eps: float = 1e-6, region_init: str = 'official', backend: str = 'einsum'):
+                 zero_init: bool = True, eps: float = 1e-6, region_init: str = 'official', backend: str = 'auto'):
         super().__init__()
         _check_relation(f)
-        if backend not in ('einsum', 'sdpa'): raise ValueError(f"unknown backend {backend!r}; choose 'einsum' or 'sdpa'")
+        if backend not in ('auto', 'einsum', 'sdpa'): raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'einsum' or 'sdpa'")
+        if backend == 'auto': backend = 'sdpa' if f == 'gaussian' else 'einsum'
         if backend == 'sdpa' and f != 'gaussian': raise ValueError(f"backend='sdpa' computes the Gaussian (softmax) form only; f={f!r} needs backend='einsum'")
         self.channels, self.f, self.scale, self.eps, self.backend = channels, f, float(scale), eps, backend
         self.inner = inner = inner or max(channels // 2, 1)
@@ -159,20 +161,19 @@ class RNLBlock(OperatorBlock):
         x5, was_image = to_video(x, 'RNLBlock input')
         check_channels(x5, self.channels, 'RNLBlock')
         B, _, T, H, W = x5.shape
-        value = self.g(x5)                                  # x W_g               (B, C', T, H, W)
+        # x W_g (B, C', T, H, W), held channels-last: F_θ's conv wants it so, and the tokens (B, THW, C') are then views
+        value = self.g(x5).contiguous(memory_format=torch.channels_last_3d)
         regions = self.region(value)                        # F_θ(x W_g): θ(N_i)  (B, C', T, H, W)
         keys, values = self.pool(regions), self.pool(value)
         tok = lambda t: rearrange(t, 'b c t h w -> b (t h w) c')
-        if self.backend == 'sdpa' and not self.recording:
-            y = F.scaled_dot_product_attention(tok(regions)[:, None], tok(keys)[:, None], tok(values)[:, None], scale=self.scale)
-            y = rearrange(y, 'b 1 (t h w) c -> b c t h w', t=T, h=H, w=W).contiguous()
+        if self.backend == 'sdpa' and not self.recording:   # 4-D input: the fused (flash) kernel, also on the CPU
+            y = F.scaled_dot_product_attention(tok(regions)[:, None], tok(keys)[:, None], tok(values)[:, None], scale=self.scale)[:, 0]
         else:
-            A = rnl_weights(tok(regions), tok(keys), self.f, self.scale, self.eps)          # (B, N, M)
+            y, A = rnl_attend(tok(regions), tok(keys), tok(values), self.f, self.scale, self.eps, return_weights=True)
             self.keep(attn=rearrange(A, 'b (t h w) (u i j) -> b t h w u i j', t=T, h=H, w=W,
                                      u=keys.shape[2], i=keys.shape[3], j=keys.shape[4]))
-            # y_i = Σ_j A_ij v_j, computed as V·Aᵀ so that y comes out (B, C', N): W_z then reads a contiguous tensor
-            y = torch.matmul(rearrange(values, 'b c t h w -> b c (t h w)'), A.transpose(1, 2))
-            y = rearrange(y, 'b c (t h w) -> b c t h w', t=T, h=H, w=W)
+        # back to (B, C', T, H, W), contiguous: one copy of C'·N values, and W_z, BN and the residual run on the plain layout
+        y = rearrange(y, 'b (t h w) c -> b c t h w', t=T, h=H, w=W).contiguous()
         return from_video(x5 + self.bn(self.out(y)), was_image)
 
 # %% ../../nbs/03_rnl.ipynb #1bcabeca
