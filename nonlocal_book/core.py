@@ -55,6 +55,15 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     "Number of parameters of `module` (all of them, or only those with `requires_grad`)."
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
+def _count_cpu_flash_attention():
+    "FlopCounterMode knows the CUDA fused-attention kernels but not the CPU flash kernel that 4-D `F.scaled_dot_product_attention` runs: give it the same formulas."
+    from torch.utils import flop_counter as fc
+    for name, formula in (('_scaled_dot_product_flash_attention_for_cpu', fc.sdpa_flop),
+                          ('_scaled_dot_product_flash_attention_for_cpu_backward', fc.sdpa_backward_flop)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None and op not in fc.flop_registry: fc.register_flop_formula(op, get_raw=True)(formula)
+_count_cpu_flash_attention()
+
 @torch.no_grad()
 def count_macs(module: nn.Module, *inputs, by_op: bool = False, **kwargs):
     """Multiply-adds of one forward pass = FlopCounterMode's FLOPs / 2 (matmuls and convolutions only).

@@ -51,3 +51,28 @@ def test_normalised_output_stays_in_range(mode):
     P, Q = 30 * torch.randn(2, 4, 1, 6, 6, dtype=torch.float64), 30 * torch.randn(2, 4, 1, 6, 6, dtype=torch.float64)
     y = bilinear_transform(x, normalise(P, -1, mode), normalise(Q, -2, mode))
     assert y.abs().max() <= x.abs().max() + 1e-12
+
+
+@pytest.mark.parametrize('shape,s', [((2, 15, 13), 7), ((1, 14, 28), (7, 4)), ((4, 9, 9), 3)])
+def test_downsample_is_the_transform_on_the_pooled_map(shape, s):
+    """Table 2's downsampling: Y = bilinear-upsample(BA-Transform(X^ds)), predictor and 1×1 conv included, on the s_h×s_w map."""
+    import torch.nn.functional as F
+    b = BATBlock(32, s=s, resize='downsample').eval().double()
+    x = torch.randn(2, 32, *shape, dtype=torch.float64)
+    tr = b.transform
+    with torch.no_grad():
+        xr = b.down(x)
+        xds = F.adaptive_avg_pool3d(xr, (shape[0], tr.sh, tr.sw))
+        P, Q, _ = tr.predictor(xds)
+        yds = tr.conv(bat_literal(xds, P, Q))
+        y = torch.stack([F.interpolate(yds[:, :, t], size=shape[1:], mode='bilinear', align_corners=False) for t in range(shape[0])], 2)
+        torch.testing.assert_close(b(x), x + b.up(y))
+    assert count_macs(b.float(), x[:1].float()) == bat_macs(32, *shape, s=s, resize='downsample')
+
+
+def test_table2_increments():
+    """Table 2 (ResNet-50 + 5 blocks): downsampling Δ 1.08 G and block-based Δ 1.30 G (differences of totals rounded to 0.01)."""
+    cfg = [(512, 28)] * 2 + [(1024, 14)] * 3
+    ds = sum(bat_macs(D, 1, H, H, resize='downsample') for D, H in cfg) / 1e9
+    block = sum(bat_macs(D, 1, H, H) for D, H in cfg) / 1e9
+    assert abs(ds - 1.08) <= 0.01 and abs(block - 1.30) <= 0.01, (ds, block)

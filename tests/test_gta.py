@@ -6,12 +6,12 @@ from torch import nn
 from einops import rearrange, einsum
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from nonlocal_book.core import count_macs, count_params, build_block
+from nonlocal_book.core import count_macs, count_params, build_block, recording
 from nonlocal_book.ops.nl import NLBlock
 from nonlocal_book.ops.gta import (attention_literal, self_attention, spatial_attend, temporal_attend, spatial_literal,
                                    temporal_literal, gta_mix, gta_mix_literal, region_gta_literal, REGION_NORMS,
                                    SpatialAttention, TemporalAttention, DNLBlock, GlobalTemporalAttention, GTABlock,
-                                   sinusoidal_encoding, gta_macs, dnl_macs)
+                                   sinusoidal_encoding, gta_macs, dnl_macs, spatial_macs, kv_pool_literal)
 
 F64 = dict(dtype=torch.float64)
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -69,6 +69,49 @@ def test_spatial_temporal_literal_vs_einops(t, h, w, d, e, seed):
     torch.testing.assert_close(temporal_attend(q, k, v), temporal_literal(q, k, v))
     torch.testing.assert_close(spatial_attend(q, k, v, backend='sdpa'), spatial_literal(q, k, v))
     torch.testing.assert_close(temporal_attend(q, k, v, backend='sdpa'), temporal_literal(q, k, v))
+
+
+@FAST
+@given(t=st.integers(1, 3), h=st.integers(1, 5), w=st.integers(1, 5), ph=st.integers(1, 3), pw=st.integers(1, 3),
+       seed=st.integers(0, 10**6))
+def test_pooled_spatial_attention_literal_vs_block(t, h, w, ph, pw, seed):
+    "kv_pool: the block = Eq. 3 with keys and values max-pooled per window after W_K, W_V (literal loops), any size, odd included."
+    torch.manual_seed(seed)
+    x = torch.randn(2, 6, t, h, w, **F64)
+    sa = SpatialAttention(6, inner=4, norm=False, zero_init=False, kv_pool=(ph, pw)).double()
+    proj = lambda conv, z: einsum(z, as_matrix(conv), 'b c t h w, c d -> b d t h w')
+    with torch.no_grad():
+        k, v = (kv_pool_literal(proj(c, x), (ph, pw)) for c in (sa.k, sa.v))
+        assert k.shape[-2:] == (-(-h // ph), -(-w // pw))
+        ref = x + sa.out(spatial_literal(proj(sa.q, x), k, v))
+        torch.testing.assert_close(sa(x), ref)
+        with recording(sa) as maps: sa(x)
+        assert maps['']['attn'].shape == (2, t, h * w, k.shape[-2] * k.shape[-1])
+
+
+def test_kv_pool_default_and_errors():
+    assert SpatialAttention(8).kv_pool == (2, 2) and DNLBlock(8).spatial.kv_pool == (2, 2)
+    assert GTABlock(32, T=4, kv_pool=1).spatial.kv_pool == (1, 1)
+    assert isinstance(SpatialAttention(8, kv_pool=1).pool, nn.Identity)
+    for bad in (0, (2, 0), 1.5, (2,)):
+        with pytest.raises(ValueError, match='kv_pool must be'): SpatialAttention(8, kv_pool=bad)
+
+
+def test_table6_spatial_attention_cost():
+    "Table 6: R2D-50 (32.7 G) + five SA blocks = 41.7 G with keys pooled 2×2; with every key it would be 43.9 G."
+    cfg = [(512, 28)] * 2 + [(1024, 14)] * 3
+    sa = lambda p: 32.7 + sum(spatial_macs(c, 8, h, h, c // 4, p) for c, h in cfg) / 1e9
+    assert abs(sa(2) - 41.7) < 0.05 and abs(sa(1) - 43.91) < 0.01
+    assert abs(32.7 + sum(dnl_macs(c, 8, h, h) for c, h in cfg) / 1e9 - 49.9) < 0.05
+
+
+@pytest.mark.parametrize('name', ['dnl', 'tape', 'gta', 'gta_pixel', 'gta_region'])
+def test_empty_batch_gives_empty_output(name):
+    "A batch of zero clips returns the empty shape (it raised ZeroDivisionError in an einops split before)."
+    blk = build_block(name, 32)
+    x = torch.randn(0, 32, 4, 6, 6)
+    assert blk(x).shape == x.shape
+    with recording(blk) as maps: assert blk(x).shape == x.shape
 
 
 def test_spatial_attention_stays_within_its_frame():
@@ -246,6 +289,9 @@ def test_mac_formulas_equal_measured(C, T, H, W):
     for kw in ({}, {'region': False}, {'pixel': False}, {'spatial': False}, {'regions': 3, 'groups': 4}):
         assert count_macs(GTABlock(C, T=T, **kw), x) == gta_macs(C, T, H, W, **kw), kw
     assert count_macs(DNLBlock(C), x) == dnl_macs(C, T, H, W)
+    for p in (1, 3, (1, 2)):
+        assert count_macs(DNLBlock(C, kv_pool=p), x) == dnl_macs(C, T, H, W, kv_pool=p)
+        assert count_macs(GTABlock(C, T=T, kv_pool=p), x) == gta_macs(C, T, H, W, kv_pool=p)
     assert count_macs(DNLBlock(C, spatial=False), x) == dnl_macs(C, T, H, W, spatial=False)
     assert count_macs(DNLBlock(C, pos_enc='sine'), x) == dnl_macs(C, T, H, W)
 

@@ -142,7 +142,7 @@ RESIZES = ('block', 'full', 'downsample')
 class BATransform(nn.Module):
     """The BA-Transform of a BAT block on C channels: predict (P, Q) per group (and T per temporal group), apply Eq. 1 (and Eq. 7),
     then the transform's own 1×1 conv, BN, ReLU. `resize`: 'block' (P ⊗ I, Figure 3; s | H, W), 'full' (P is H×H: build with
-    s=(H, W)), 'downsample' (transform an s_h×s_w average-pooled map, upsample bilinearly). k=0: P = Q = I (Table 4's baseline)."""
+    s=(H, W)), 'downsample' (the whole transform on the s_h×s_w average-pooled map X^ds, then bilinear upsampling). k=0: P = Q = I (Table 4's baseline)."""
     def __init__(self, channels: int, k: int = 4, s=7, resize: str = 'block', norm: str = 'sigmoid', reduced: int | None = None,
                  kt: int = 0, ts: int = 4):
         super().__init__()
@@ -158,19 +158,18 @@ class BATransform(nn.Module):
         self.conv = nn.Sequential(nn.Conv3d(channels, channels, 1), nn.BatchNorm3d(channels), nn.ReLU())
 
     def spatial(self, x, P, Q):
-        "Eq. 1 with the chosen resizing (Table 2)."
+        "Eq. 1 at the transform's working size: blockwise (Figure 3), full H×H, W×W matrices, or s_h×s_w matrices on X^ds."
         H, W = x.shape[-2:]
         if self.resize == 'block': return blockwise_transform(x, P, Q)
-        if self.resize == 'full':
-            if (H, W) != (self.sh, self.sw):
+        if (H, W) != (self.sh, self.sw):
+            if self.resize == 'full':
                 raise ValueError(f"resize='full' predicts P, Q at the size fixed when the block was built, s=({self.sh}, {self.sw}); "
                                  f"got H={H}, W={W}: build with s=({H}, {W}), or use resize='block' or 'downsample'")
-            return bilinear_transform(x, P, Q)
-        small = F.adaptive_avg_pool3d(x, (x.shape[2], self.sh, self.sw))
-        return F.interpolate(bilinear_transform(small, P, Q), size=x.shape[2:], mode='trilinear', align_corners=False)
+            raise ValueError(f"resize='downsample' transforms the {self.sh}×{self.sw} map X^ds; got H={H}, W={W} (call the module, not `spatial`)")
+        return bilinear_transform(x, P, Q)
 
-    def forward(self, x):
-        "Returns (output, maps); maps holds P, Q and the Eq. 8 weights W (B, k, T, H, W) when k > 0, and T when kt > 0."
+    def core(self, x):
+        "Predictor, Eq. 1 (and Eq. 7), then the transform's 1×1 conv, BN, ReLU, all at the size of `x`; returns (output, maps)."
         maps, y = {}, x
         if self.predictor is not None:
             P, Q, Tm = self.predictor(x)
@@ -182,6 +181,15 @@ class BATransform(nn.Module):
                 y = temporal_transform(y, Tm)
                 maps['T'] = Tm
         return self.conv(y), maps
+
+    def forward(self, x):
+        """Returns (output, maps); maps holds P, Q and the Eq. 8 weights W (B, k, T, H, W; s_h×s_w for 'downsample') when k > 0,
+        and T when kt > 0. 'downsample' (Table 2): Y = upsample(BA-Transform(X^ds)), X^ds the s_h×s_w average-pooled X."""
+        if self.resize != 'downsample': return self.core(x)
+        T, H, W = x.shape[2:]
+        y, maps = self.core(F.adaptive_avg_pool3d(x, (T, self.sh, self.sw)))       # BA-Transform on X^ds -> Y^ds
+        return F.interpolate(y, size=(T, H, W), mode='trilinear', align_corners=False), maps   # bilinear per frame (T unchanged)
+
 
 # %% ../../nbs/02_bat.ipynb #92b691ba
 def temporal_literal(y, Tm):
@@ -270,19 +278,20 @@ def bat_params(channels: int, r: int = 2, k: int = 4, s=7, reduced: int | None =
 def bat_macs(channels: int, T: int, H: int, W: int, r: int = 2, k: int = 4, s=7, resize: str = 'block', reduced: int | None = None,
              kt: int = 0, ts: int = 4, materialised: bool = False) -> int:
     """Multiply-adds of one BATBlock forward on one (T, H, W) clip, counted like `count_macs` (convolutions and matrix products).
-    `materialised=True` counts Eq. 1 with the full H×H, W×W matrices (the official code's way, Table 1's term)."""
+    `materialised=True` counts Eq. 1 with the full H×H, W×W matrices (the official code's way, Table 1's term).
+    `resize='downsample'`: the transform (predictor, Eq. 1, Eq. 7, its 1×1 conv) runs on T·s_h·s_w positions (Table 2)."""
     D, C, N = channels, max(channels // r, 1), T * H * W
     sh, sw = _pair(s)
-    n = N * D * C + N * C * C + N * C * D                                        # reduce, transform conv, expand
+    if resize == 'downsample': H, W = sh, sw                                       # the transform's working size: X^ds
+    n_in = T * H * W                                                               # positions inside the BA-Transform
+    n = N * D * C + n_in * C * C + N * C * D                                       # reduce, transform conv, expand
     if k or kt:
         Cp = reduced or max(k, kt, 1)
-        n += N * C * Cp
+        n += n_in * C * Cp
         if k:
             n += T * k * Cp * (sh ** 3 + sw ** 3)                                 # [s_h, 1] and [1, s_w] convs on pooled features
-            if resize == 'downsample': n += C * T * sh * sw * (sh + sw)
-            elif materialised: n += C * N * (H + W)
-            else: n += C * N * (sh + sw)                                          # block (or full, where s = H, W)
-        if kt: n += kt * Cp * ts ** 3 + C * N * ts                                 # [ts, 1, 1] conv; Eq. 7 blockwise
+            n += C * n_in * ((H + W) if materialised else (sh + sw))              # Eq. 1: blockwise (full: s = H, W; downsample: H, W = s)
+        if kt: n += kt * Cp * ts ** 3 + C * n_in * ts                              # [ts, 1, 1] conv; Eq. 7 blockwise
     return n
 
 def table1_params(C: int, Cp: int, k: int, s: int) -> float:

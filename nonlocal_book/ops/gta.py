@@ -13,9 +13,10 @@ from .nl import nl_attend, NLBlock
 
 # %% auto #0
 __all__ = ['REGION_NORMS', 'M_INITS', 'attention_literal', 'self_attention', 'spatial_attend', 'temporal_attend',
-           'spatial_literal', 'temporal_literal', 'SpatialAttention', 'sinusoidal_encoding', 'TemporalAttention',
-           'DNLBlock', 'gta_mix', 'gta_mix_literal', 'region_transform', 'region_back', 'region_gta_literal',
-           'GlobalTemporalAttention', 'GTABlock', 'spatial_macs', 'temporal_macs', 'gta_macs', 'dnl_macs']
+           'spatial_literal', 'temporal_literal', 'pool_size', 'kv_pool_literal', 'SpatialAttention',
+           'sinusoidal_encoding', 'TemporalAttention', 'DNLBlock', 'gta_mix', 'gta_mix_literal', 'region_transform',
+           'region_back', 'region_gta_literal', 'GlobalTemporalAttention', 'GTABlock', 'spatial_macs', 'temporal_macs',
+           'gta_macs', 'dnl_macs']
 
 # %% ../../nbs/06_gta.ipynb #afea4e8d
 def attention_literal(x, wq, wk, wv, wo, scale=None):
@@ -41,13 +42,14 @@ def _scale(d, scale): return d ** -0.5 if scale is None else scale
 
 def spatial_attend(q, k, v, scale=None, backend='einsum', return_weights=False):
     """Eq. 3's A_s(t) = softmax(Q_s(t) K_s(t)ᵀ / √d) V_s(t) for every frame t: attention among the H·W positions of a frame.
-    q, k (B, d, T, H, W), v (B, e, T, H, W) -> (B, e, T, H, W); weights (B, T, HW, HW)."""
+    q (B, d, T, H, W); k (B, d, T, H', W') and v (B, e, T, H', W') on the same or a coarser (pooled) grid -> (B, e, T, H, W);
+    weights (B, T, HW, H'W')."""
     B, _, T, H, W = q.shape
     tok = lambda z: rearrange(z, 'b c t h w -> (b t) (h w) c')
     out = nl_attend(tok(q), tok(k), tok(v), scale=_scale(q.shape[1], scale), backend=backend, return_weights=return_weights)
     A, M = out if return_weights else (out, None)
     A = rearrange(A, '(b t) (h w) c -> b c t h w', b=B, t=T, h=H, w=W)
-    return (A, rearrange(M, '(b t) n m -> b t n m', b=B)) if return_weights else A
+    return (A, rearrange(M, '(b t) n m -> b t n m', b=B, t=T)) if return_weights else A
 
 def temporal_attend(q, k, v, scale=None, backend='einsum', return_weights=False):
     """Eq. 4's A_t(i,j) = softmax(Q_t(i,j) K_t(i,j)ᵀ / √d) V_t(i,j) at every position (i, j): attention among the T frames.
@@ -57,19 +59,19 @@ def temporal_attend(q, k, v, scale=None, backend='einsum', return_weights=False)
     out = nl_attend(tok(q), tok(k), tok(v), scale=_scale(q.shape[1], scale), backend=backend, return_weights=return_weights)
     A, M = out if return_weights else (out, None)
     A = rearrange(A, '(b h w) t c -> b c t h w', b=B, h=H, w=W)
-    return (A, rearrange(M, '(b h w) t u -> b h w t u', b=B, h=H)) if return_weights else A
+    return (A, rearrange(M, '(b h w) t u -> b h w t u', b=B, h=H, w=W)) if return_weights else A
 
 def _softmax_literal(Q, K, V, s):
     "One attention, literally: rows of Q against rows of K, via `nonlocal_literal`."
     return nonlocal_literal(Q[None], K[None], V[None], f=lambda a, b: torch.exp(s * (a @ b)), normaliser=lambda w: w.sum())[0]
 
 def spatial_literal(q, k, v, scale=None):
-    "Eq. 3's A_s, one sample and one frame at a time; inside a frame, one query and one key at a time."
+    "Eq. 3's A_s, one sample and one frame at a time; inside a frame, one query and one key at a time (keys may be pooled)."
     B, _, T, H, W = q.shape
-    s, out = _scale(q.shape[1], scale), torch.zeros_like(v)
+    s, out = _scale(q.shape[1], scale), q.new_zeros(B, v.shape[1], T, H, W)
     for b in range(B):
         for t in range(T):
-            rows = lambda z: z[b, :, t].reshape(z.shape[1], H * W).T        # X(t): HW × C
+            rows = lambda z: z[b, :, t].reshape(z.shape[1], -1).T           # X(t): HW × C (keys: H'W' × C)
             out[b, :, t] = _softmax_literal(rows(q), rows(k), rows(v), s).T.reshape(-1, H, W)
     return out
 
@@ -89,19 +91,40 @@ def _proj(cin, cout): return nn.Conv3d(cin, cout, 1, bias=False)
 
 def _inner(channels, inner): return inner or max(channels // 4, 1)
 
+def pool_size(kv_pool) -> tuple:
+    "`kv_pool` as (p_h, p_w): an int p means (p, p); 1 (or (1, 1)) means no pooling."
+    p = (kv_pool, kv_pool) if isinstance(kv_pool, int) else tuple(kv_pool) if isinstance(kv_pool, (tuple, list)) else ()
+    if len(p) != 2 or not all(isinstance(v, int) and v >= 1 for v in p):
+        raise ValueError(f"kv_pool must be an int >= 1 or a pair (p_h, p_w) of them, got {kv_pool!r}; kv_pool=1 pools nothing")
+    return p
+
+def kv_pool_literal(z, kv_pool=2):
+    "Max over each p_h × p_w window of every frame, one window at a time (the last window in each direction may be partial)."
+    ph, pw = pool_size(kv_pool)
+    B, C, T, H, W = z.shape
+    out = z.new_empty(B, C, T, -(-H // ph), -(-W // pw))
+    for i in range(out.shape[3]):
+        for j in range(out.shape[4]):
+            out[..., i, j] = z[..., i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].amax((-2, -1))
+    return out
+
 class SpatialAttention(OperatorBlock):
     """Eq. 3: Y_s(t) = X(t) + BN(A_s(t) W_O^s), self-attention among the H·W positions of each frame t.
-    While recording, keeps `attn` (B, T, HW, HW)."""
-    def __init__(self, channels: int, inner: int | None = None, norm: bool = True, zero_init: bool = True, backend: str = 'einsum'):
+    `kv_pool=(p_h, p_w)` (or p) max-pools keys and values p_h × p_w within each frame after their projections (1: every key).
+    While recording, keeps `attn` (B, T, HW, H'W') over the pooled keys."""
+    def __init__(self, channels: int, inner: int | None = None, norm: bool = True, zero_init: bool = True, backend: str = 'einsum',
+                 kv_pool=2):
         super().__init__()
-        self.channels, self.inner, self.backend = channels, _inner(channels, inner), backend
+        self.channels, self.inner, self.backend, self.kv_pool = channels, _inner(channels, inner), backend, pool_size(kv_pool)
         self.q, self.k, self.v = (_proj(channels, self.inner) for _ in range(3))
+        self.pool = (nn.Identity() if self.kv_pool == (1, 1) else
+                     nn.MaxPool3d((1, *self.kv_pool), stride=(1, *self.kv_pool), ceil_mode=True))
         self.out = output_projection(self.inner, channels, norm, zero_init)   # W^O, then BN with γ = 0
 
     def forward(self, x):
         x5, was_image = to_video(x, 'SpatialAttention input')
         check_channels(x5, self.channels, 'SpatialAttention')
-        q, k, v = self.q(x5), self.k(x5), self.v(x5)
+        q, k, v = self.q(x5), self.pool(self.k(x5)), self.pool(self.v(x5))    # keys, values: pooled after W_K, W_V
         if self.backend == 'sdpa' and not self.recording: A = spatial_attend(q, k, v, backend='sdpa')
         else:
             A, M = spatial_attend(q, k, v, return_weights=True)
@@ -145,12 +168,13 @@ class TemporalAttention(OperatorBlock):
 # %% ../../nbs/06_gta.ipynb #0d9fb357
 class DNLBlock(OperatorBlock):
     """Decoupled non-local block (GTA paper, Eq. 3–4): spatial self-attention within each frame, then temporal
-    self-attention at each position. `pos_enc='sine'` makes it TAPE; `spatial=False` keeps only the temporal block."""
+    self-attention at each position. `pos_enc='sine'` makes it TAPE; `spatial=False` keeps only the temporal block;
+    `kv_pool` is the spatial block's key/value pooling (2: 2×2, as Table 6's FLOPs imply; 1: every key)."""
     def __init__(self, channels: int, inner: int | None = None, pos_enc: str | None = None, spatial: bool = True,
-                 norm: bool = True, zero_init: bool = True, backend: str = 'einsum'):
+                 norm: bool = True, zero_init: bool = True, backend: str = 'einsum', kv_pool=2):
         super().__init__()
         self.channels = channels
-        self.spatial = SpatialAttention(channels, inner, norm, zero_init, backend) if spatial else nn.Identity()
+        self.spatial = SpatialAttention(channels, inner, norm, zero_init, backend, kv_pool) if spatial else nn.Identity()
         self.temporal = TemporalAttention(channels, inner, pos_enc, norm, zero_init, backend)
 
     def forward(self, x):
@@ -294,13 +318,13 @@ class GlobalTemporalAttention(OperatorBlock):
 
 class GTABlock(OperatorBlock):
     """GTA block (He et al. 2021): Eq. 3's spatial self-attention within each frame, then global temporal attention
-    (Eq. 5–8) with learned T×T matrices over pixels and regions. Built for a fixed clip length `T`."""
+    (Eq. 5–8) with learned T×T matrices over pixels and regions. Built for a fixed clip length `T`; `kv_pool` as in `DNLBlock`."""
     def __init__(self, channels: int, T: int = 8, inner: int | None = None, groups: int = 8, regions: int | None = None,
                  pixel: bool = True, region: bool = True, spatial: bool = True, m_init: str = 'random',
-                 region_norm: str = 'softmax', norm: bool = True, zero_init: bool = True, backend: str = 'einsum'):
+                 region_norm: str = 'softmax', norm: bool = True, zero_init: bool = True, backend: str = 'einsum', kv_pool=2):
         super().__init__()
         self.channels, self.T = channels, T
-        self.spatial = SpatialAttention(channels, inner, norm, zero_init, backend) if spatial else nn.Identity()
+        self.spatial = SpatialAttention(channels, inner, norm, zero_init, backend, kv_pool) if spatial else nn.Identity()
         self.temporal = GlobalTemporalAttention(channels, T, inner, groups, regions, pixel, region, m_init, region_norm, norm, zero_init)
 
     def forward(self, x):
@@ -310,21 +334,24 @@ class GTABlock(OperatorBlock):
         return from_video(self.temporal(self.spatial(x5)), was_image)
 
 # %% ../../nbs/06_gta.ipynb #591bb2c6
-def spatial_macs(C, T, H, W, e):  return 4 * T * H * W * C * e + 2 * T * (H * W) ** 2 * e
+def spatial_macs(C, T, H, W, e, kv_pool=2):
+    ph, pw = pool_size(kv_pool)
+    return 4 * T * H * W * C * e + 2 * T * (H * W) * (-(-H // ph) * -(-W // pw)) * e
 def temporal_macs(C, T, H, W, e): return 4 * T * H * W * C * e + 2 * H * W * T ** 2 * e
 
-def gta_macs(C, T, H, W, inner=None, groups=8, regions=None, pixel=True, region=True, spatial=True):
+def gta_macs(C, T, H, W, inner=None, groups=8, regions=None, pixel=True, region=True, spatial=True, kv_pool=2):
     "Multiply-adds of a `GTABlock` (spatial attention + Pixel GTA + Region GTA), matrix products only."
     e, K, N = _inner(C, inner), regions or max(C // 8, 2), T * H * W
-    total = spatial_macs(C, T, H, W, e) if spatial else 0
+    total = spatial_macs(C, T, H, W, e, kv_pool) if spatial else 0
     if pixel: total += 2 * N * C * e + H * W * T ** 2 * groups * e
     if region: total += 3 * N * C * K + 2 * T * K * C * e + K * T ** 2 * groups * e
     return total
 
-def dnl_macs(C, T, H, W, inner=None, spatial=True):
+def dnl_macs(C, T, H, W, inner=None, spatial=True, kv_pool=2):
     "Multiply-adds of a `DNLBlock` (spatial + temporal self-attention), matrix products only."
     e = _inner(C, inner)
-    return (spatial_macs(C, T, H, W, e) if spatial else 0) + temporal_macs(C, T, H, W, e)
+    return (spatial_macs(C, T, H, W, e, kv_pool) if spatial else 0) + temporal_macs(C, T, H, W, e)
+
 
 # %% ../../nbs/06_gta.ipynb #03899fb1
 register('dnl', DNLBlock, doc='decoupled non-local: spatial then temporal self-attention (GTA paper, Eq. 3-4)')

@@ -12,9 +12,9 @@ from ..core import *
 from .nl import nl_literal, nl_weights, NLBlock, nl_macs
 
 # %% auto #0
-__all__ = ['REGIONS', 'RELATIONS', 'region_kernel', 'region_literal', 'region_aggregate', 'RegionAggregation', 'rnl_literal',
-           'rnl_weights', 'rnl_attend', 'RNLBlock', 'AdditiveSE', 'SERNLBlock', 'textured_objects', 'own_object_mass',
-           'map_distance', 'rnl_params', 'rnl_macs']
+__all__ = ['REGIONS', 'REGION_INITS', 'RELATIONS', 'region_kernel', 'region_literal', 'region_aggregate', 'official_region_std',
+           'RegionAggregation', 'rnl_literal', 'rnl_weights', 'rnl_attend', 'RNLBlock', 'AdditiveSE', 'SERNLBlock',
+           'textured_objects', 'own_object_mass', 'map_distance', 'rnl_params', 'rnl_macs']
 
 # %% ../../nbs/03_rnl.ipynb #305b6b6b
 REGIONS = ('conv', 'avg', 'max')
@@ -62,23 +62,40 @@ def region_aggregate(x, region='conv', kernel=(3, 7, 7), weight=None):
     if weight is None or tuple(weight.shape) != (x.shape[1], 1, *k):
         raise ValueError(f"region='conv' needs a depthwise weight of shape {(x.shape[1], 1, *k)}, "
                          f"got {None if weight is None else tuple(weight.shape)}")
+    # channels-last: PyTorch's CPU depthwise conv3d on NCDHW has a pathologically slow weight gradient (10× and more here)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
     return F.conv3d(x, weight, padding=(k[0] // 2, k[1] // 2, k[2] // 2), groups=x.shape[1])
 
 # %% ../../nbs/03_rnl.ipynb #f140b7bb
+REGION_INITS = ('official', 'pytorch')
+
+def official_region_std(channels: int, kernel=(3, 7, 7), group_width: int = 32) -> float:
+    "Std of the live weights of the official masked grouped conv (C', w, k) under xavier: √(2 / ((w + C')·K)), w = C'/(C'//32 groups)."
+    K = region_kernel(kernel)[0] * region_kernel(kernel)[1] * region_kernel(kernel)[2]
+    width = channels // max(channels // group_width, 1)
+    return (2.0 / ((width + channels) * K)) ** 0.5
+
 class RegionAggregation(nn.Module):
-    "F_θ: a channel-wise 3D convolution ('conv', Eq. 3, C·kT·kH·kW parameters), or average/max pooling ('avg'/'max', none)."
-    def __init__(self, channels: int, region: str = 'conv', kernel=(3, 7, 7)):
+    """F_θ: a channel-wise 3D convolution ('conv', Eq. 3, C·kT·kH·kW parameters), or average/max pooling ('avg'/'max', none).
+    `init='official'`: the kernel drawn uniformly at the official code's xavier scale; 'pytorch': PyTorch's depthwise default."""
+    def __init__(self, channels: int, region: str = 'conv', kernel=(3, 7, 7), init: str = 'official'):
         super().__init__()
         _check_region(region)
-        self.region, self.kernel = region, region_kernel(kernel)
+        if init not in REGION_INITS: raise ValueError(f"unknown region init {init!r}; choose one of {REGION_INITS}")
+        self.region, self.kernel, self.init = region, region_kernel(kernel), init
         if region == 'conv':
-            conv = nn.Conv3d(channels, channels, self.kernel, groups=channels, bias=False)   # used for its default init
-            self.weight = nn.Parameter(conv.weight.detach().clone())                      # (C, 1, kT, kH, kW)
+            weight = torch.empty(channels, 1, *self.kernel)
+            if init == 'pytorch': nn.init.kaiming_uniform_(weight, a=5 ** 0.5)              # nn.Conv3d's default
+            else:
+                bound = 3 ** 0.5 * official_region_std(channels, self.kernel)               # uniform(−b, b) has std b/√3
+                nn.init.uniform_(weight, -bound, bound)
+            self.weight = nn.Parameter(weight)                                             # (C, 1, kT, kH, kW)
         else: self.register_parameter('weight', None)
 
     def forward(self, x): return region_aggregate(x, self.region, self.kernel, self.weight)
 
-    def extra_repr(self): return f"region={self.region!r}, kernel={self.kernel}"
+    def extra_repr(self): return f"region={self.region!r}, kernel={self.kernel}" + (f", init={self.init!r}" if self.region == 'conv' else '')
+
 
 # %% ../../nbs/03_rnl.ipynb #0de01209
 RELATIONS = ('gaussian', 'dot', 'cosine')
@@ -106,7 +123,9 @@ def rnl_weights(q, k, f='gaussian', scale=1.0, eps=1e-6):
     "The normalised RNL weights A[b, i, j] = f(q_i, k_j) / C(x), shape (B, N, M)."
     _check_relation(f)
     M = k.shape[1]
-    if f == 'gaussian': return softmax32(einsum(q, k, 'b n d, b m d -> b n m') * scale)
+    if f == 'gaussian':
+        s = einsum(q, k, 'b n d, b m d -> b n m')
+        return softmax32(s if scale == 1.0 else s * scale)            # the paper's scale 1: no N×M multiply
     if f == 'dot': return einsum(q, k, 'b n d, b m d -> b n m') / M
     return torch.relu(einsum(_unit(q, eps), _unit(k, eps), 'b n d, b m d -> b n m')) / M
 
@@ -120,31 +139,41 @@ def rnl_attend(q, k, v, f='gaussian', scale=1.0, eps=1e-6, return_weights=False)
 class RNLBlock(OperatorBlock):
     """Region-based non-local block (Huang & Bors 2020, Eq. 8–9): z = BN(W_z y) + x with
     y_i = 1/C(x) Σ_j f(F_θ(W_g x)_i, F_θ(W_g x)_j) (W_g x)_j. Input (B, C, T, H, W) or (B, C, H, W);
-    while recording, keeps `attn` (B, T, H, W, T', H', W')."""
+    while recording, keeps `attn` (B, T, H, W, T', H', W'). `region_init` is F_θ's init ('official' or 'pytorch').
+    `backend`: 'sdpa' hands the Gaussian form to `F.scaled_dot_product_attention` when not recording (no N×M matrix kept
+    for backward), 'einsum' always forms the weights; 'auto' (default) is 'sdpa' for the Gaussian, else 'einsum'."""
     def __init__(self, channels: int, inner: int | None = None, f: str = 'gaussian', region: str = 'conv',
                  kernel=(3, 7, 7), scale: float = 1.0, subsample: bool = False, norm: bool = True,
-                 zero_init: bool = True, eps: float = 1e-6):
+                 zero_init: bool = True, eps: float = 1e-6, region_init: str = 'official', backend: str = 'auto'):
         super().__init__()
         _check_relation(f)
-        self.channels, self.f, self.scale, self.eps = channels, f, float(scale), eps
+        if backend not in ('auto', 'einsum', 'sdpa'): raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'einsum' or 'sdpa'")
+        if backend == 'auto': backend = 'sdpa' if f == 'gaussian' else 'einsum'
+        if backend == 'sdpa' and f != 'gaussian': raise ValueError(f"backend='sdpa' computes the Gaussian (softmax) form only; f={f!r} needs backend='einsum'")
+        self.channels, self.f, self.scale, self.eps, self.backend = channels, f, float(scale), eps, backend
         self.inner = inner = inner or max(channels // 2, 1)
         self.g = nn.Conv3d(channels, inner, 1)
-        self.region = RegionAggregation(inner, region, kernel)
+        self.region = RegionAggregation(inner, region, kernel, region_init)
         self.pool = nn.MaxPool3d((1, 2, 2), stride=(1, 2, 2), ceil_mode=True) if subsample else nn.Identity()
         self.out, self.bn = output_projection(inner, channels, norm, zero_init)   # W_z, then BN with γ = 0: identity at init
 
     def forward(self, x):
         x5, was_image = to_video(x, 'RNLBlock input')
         check_channels(x5, self.channels, 'RNLBlock')
-        T, H, W = x5.shape[2:]
-        value = self.g(x5)                                  # x W_g               (B, C', T, H, W)
+        B, _, T, H, W = x5.shape
+        # x W_g (B, C', T, H, W), held channels-last: F_θ's conv wants it so, and the tokens (B, THW, C') are then views
+        value = self.g(x5).contiguous(memory_format=torch.channels_last_3d)
         regions = self.region(value)                        # F_θ(x W_g): θ(N_i)  (B, C', T, H, W)
         keys, values = self.pool(regions), self.pool(value)
         tok = lambda t: rearrange(t, 'b c t h w -> b (t h w) c')
-        y, A = rnl_attend(tok(regions), tok(keys), tok(values), self.f, self.scale, self.eps, return_weights=True)
-        self.keep(attn=rearrange(A, 'b (t h w) (u i j) -> b t h w u i j', t=T, h=H, w=W,
-                                 u=keys.shape[2], i=keys.shape[3], j=keys.shape[4]))
-        y = rearrange(y, 'b (t h w) c -> b c t h w', t=T, h=H, w=W)
+        if self.backend == 'sdpa' and not self.recording:   # 4-D input: the fused (flash) kernel, also on the CPU
+            y = F.scaled_dot_product_attention(tok(regions)[:, None], tok(keys)[:, None], tok(values)[:, None], scale=self.scale)[:, 0]
+        else:
+            y, A = rnl_attend(tok(regions), tok(keys), tok(values), self.f, self.scale, self.eps, return_weights=True)
+            self.keep(attn=rearrange(A, 'b (t h w) (u i j) -> b t h w u i j', t=T, h=H, w=W,
+                                     u=keys.shape[2], i=keys.shape[3], j=keys.shape[4]))
+        # back to (B, C', T, H, W), contiguous: one copy of C'·N values, and W_z, BN and the residual run on the plain layout
+        y = rearrange(y, 'b (t h w) c -> b c t h w', t=T, h=H, w=W).contiguous()
         return from_video(x5 + self.bn(self.out(y)), was_image)
 
 # %% ../../nbs/03_rnl.ipynb #1bcabeca

@@ -4,14 +4,16 @@
 
 # %% ../../nbs/40_complexity.ipynb #dfbfa93b
 from __future__ import annotations
-import dataclasses
+import contextlib, dataclasses, functools
 import torch
 from torch import nn
 from ..core import *
 from ..models.backbones import *
+from ..ops.gta import SpatialAttention
 
 # %% auto #0
-__all__ = ['CLIP', 'A2CLIP', 'IMAGE', 'PAPER_ROWS', 'NOT_IN_BOOK', 'PaperRow', 'build_row', 'measure_row', 'gap',
+__all__ = ['CLIP', 'A2CLIP', 'IMAGE', 'R50_5', 'RNL_5', 'RNL_RES4', 'BAT2', 'PAPER_ROWS', 'NOT_IN_BOOK', 'NO_BACKBONE',
+           'PaperRow', 'a2_resnet50', 'build_row', 'norms_skipped', 'base_count', 'measure_row', 'gap',
            'within_rounding', 'markdown_table']
 
 # %% ../../nbs/40_complexity.ipynb #9abf63fa
@@ -21,64 +23,151 @@ class PaperRow:
     key: str
     source: str                   # e.g. 'BAT Table 7'
     model: str                    # description
-    backbone: callable            # () -> VideoResNet, built under the caller's device context
+    backbone: callable            # () -> VideoResNet, built under the caller's device context; None: a backbone not in the book
     input: tuple                  # (T, H, W) for a clip, (H, W) for an image
     params_m: float | None        # the paper's parameters, millions (an increment when `delta`)
     gmacs: float | None           # the paper's multiply-adds, G (an increment when `delta`)
-    op: str | None = None         # registered operator inserted, if any
+    op: str | type | None = None  # registered operator inserted, if any (or a block class the registry does not list)
     preset: str | None = None     # where (a PRESETS name), or `at`/`where` below
     at: dict | None = None
     where: str = 'after'
     options: dict = dataclasses.field(default_factory=dict)
     delta: bool = False
+    stage_options: dict | None = None   # per-stage options on top of `options` ({'res4': {...}})
 
-def _c2d(classes, **kw): return lambda: video_resnet(50, 'c2d', classes, **kw)
-def _img(**kw): return lambda: video_resnet(50, 'c2d', 1000, temporal_pool=False, **kw)
+@functools.cache                     # one builder object per backbone, so that its bare count is made once (see `base_count`)
+def _resnet(depth, kind, classes, **kw): return lambda: video_resnet(depth, kind, classes, **kw)
+def _c2d(classes): return _resnet(50, 'c2d', classes)
+def _img(depth=50, stride_on='conv2'): return _resnet(depth, 'c2d', 1000, temporal_pool=False, stride_on=stride_on)
+def _tsm(classes=400): return _resnet(50, 'tsm', classes)
+def _i3d(classes=400): return _resnet(50, 'i3d', classes)
+def _r2d(): return _resnet(50, 'r2d', 174)
+@functools.cache
+def _a2(depth): return lambda: a2_resnet(depth)
+
+def a2_resnet50(num_classes: int = 400):
+    """A²'s video ResNet-50 (Table 1): 3×5×5 stem with 32 channels and a (1, 2, 2) max pool, temporal kernels 3 in conv2 and
+    [3,1,3,1], [3,1,3,1,3,1], [1,3,1] in the last three stages (on the 3×3 conv), time halved entering conv3 (8 -> 4 frames)."""
+    m = VideoResNet((3, 4, 6, 3), 'bottleneck', num_classes, stem='a2', stem_channels=32, inflate='conv2',
+                    t_kernels=[[3, 3, 3], [3, 1, 3, 1], [3, 1, 3, 1, 3, 1], [1, 3, 1]],
+                    t_strides=[[1] * 3, [2, 1, 1, 1], [1] * 6, [1] * 3])
+    m.stem.append(nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
+    return m
+
 CLIP, A2CLIP, IMAGE = (8, 224, 224), (16, 112, 112), (224, 224)
+R50_5 = {'res3': (1, 3), 'res4': (1, 3, 5)}                          # the NL paper's five places (BAT, NL, A², GTA)
+RNL_5 = {'res3': (0, 2), 'res4': (0, 2, 4)}                          # the RNL code's five places
+RNL_RES4 = {'res4': dict(kernel=(3, 3, 3))}
+BAT2 = 4.14, 25.56                                                   # BAT Tables 2 and 4: the ImageNet ResNet-50 baseline they print
 
 PAPER_ROWS = [
+    # BAT Table 2 (ImageNet ResNet-50 + 5 blocks; the table prints totals, we compare increments: total - baseline)
+    PaperRow('bat2_base', 'BAT Table 2', 'ImageNet ResNet-50', _img(), IMAGE, BAT2[1], BAT2[0]),
+    PaperRow('bat2_full', 'BAT Table 2', '+ 5 BAT, full resolution (Δ)', _img(), IMAGE, 31.86 - BAT2[1], 5.50 - BAT2[0], op='bat', at=R50_5,
+             options=dict(resize='full'), stage_options={'res3': dict(s=28), 'res4': dict(s=14)}, delta=True),
+    PaperRow('bat2_ds', 'BAT Table 2', '+ 5 BAT, downsampling (Δ)', _img(), IMAGE, 30.23 - BAT2[1], 5.22 - BAT2[0], op='bat', preset='bat',
+             options=dict(resize='downsample'), delta=True),
+    PaperRow('bat2_block', 'BAT Table 2', '+ 5 BAT, block-based (Δ)', _img(), IMAGE, 30.23 - BAT2[1], 5.44 - BAT2[0], op='bat', preset='bat', delta=True),
+    # BAT Table 4 (groups k; k = 0: P = Q = I)
+    *[PaperRow(f'bat4_k{k}', 'BAT Table 4', f'+ 5 BAT, k = {k} (Δ)', _img(), IMAGE, p - BAT2[1], g - BAT2[0], op='bat', preset='bat',
+               options=dict(k=k), delta=True)
+      for k, g, p in ((0, 5.43, 30.17), (1, 5.44, 30.18), (2, 5.44, 30.19), (4, 5.44, 30.23), (16, 5.45, 31.09))],
+    # BAT Table 5 (ImageNet, increments; ResNet-18: one block after the second unit of res3 and of res4, see below)
+    PaperRow('bat5_r18_nl', 'BAT Table 5', 'ImageNet ResNet-18 + NL (Δ)', _img(18), IMAGE, 0.17, 0.23, op='nl', at={'res3': (1,), 'res4': (1,)}, delta=True),
+    PaperRow('bat5_r18_bat', 'BAT Table 5', 'ImageNet ResNet-18 + BAT (Δ)', _img(18), IMAGE, 0.13, 0.03, op='bat', at={'res3': (1,), 'res4': (1,)}, delta=True),
+    PaperRow('bat5_nl', 'BAT Table 5', 'ImageNet ResNet-50 + NL (Δ)', _img(), IMAGE, 7.36, 3.55, op='nl', preset='nl', delta=True),
+    PaperRow('bat5_bat', 'BAT Table 5', 'ImageNet ResNet-50 + BAT (Δ)', _img(), IMAGE, 4.67, 1.30, op='bat', preset='bat', delta=True),
     # BAT Table 7 (Mini-Kinetics-200, C2D ResNet-50, 8 x 224²)
     PaperRow('bat7_c2d', 'BAT Table 7', 'C2D ResNet-50, 200 classes', _c2d(200), CLIP, 23.92, 19.55),
     PaperRow('bat7_nl', 'BAT Table 7', '+ 5 NL', _c2d(200), CLIP, 31.28, 30.69, op='nl', preset='nl'),
     PaperRow('bat7_bat', 'BAT Table 7', '+ 5 BAT (4, 0)', _c2d(200), CLIP, 28.60, 24.76, op='bat', preset='bat', options=dict(k=4)),
-    # BAT Table 8 (Kinetics-400)
+    *[PaperRow(f'bat7_bat4{kt}', 'BAT Table 7', f'+ 5 BAT (4, {kt})', _c2d(200), CLIP, 28.60, 24.77, op='bat3d', preset='bat',
+               options=dict(k=4, kt=kt)) for kt in (1, 2, 4)],
+    # BAT Table 8 (Kinetics-400, 8 x 224²; 8 spatial and 4 temporal groups)
+    PaperRow('bat8_tsm', 'BAT Table 8', 'TSM ResNet-50 (quoted from [32])', _tsm(), CLIP, 24.3, 32.8),
     PaperRow('bat8_c2d', 'BAT Table 8', 'C2D ResNet-50, 400 classes', _c2d(400), CLIP, 24.3, 19.6),
-    PaperRow('bat8_i3d', 'BAT Table 8', 'I3D ResNet-50, 400 classes', lambda: video_resnet(50, 'i3d', 400), CLIP, 28.4, 28.4),
+    PaperRow('bat8_i3d', 'BAT Table 8', 'I3D ResNet-50, 400 classes', _i3d(), CLIP, 28.4, 28.4),
     PaperRow('bat8_c2d_nl', 'BAT Table 8', 'C2D + 5 NL', _c2d(400), CLIP, 31.7, 30.7, op='nl', preset='nl'),
-    PaperRow('bat8_i3d_nl', 'BAT Table 8', 'I3D + 5 NL', lambda: video_resnet(50, 'i3d', 400), CLIP, 35.4, 39.5, op='nl', preset='nl'),
+    PaperRow('bat8_i3d_nl', 'BAT Table 8', 'I3D + 5 NL', _i3d(), CLIP, 35.4, 39.5, op='nl', preset='nl'),
     PaperRow('bat8_c2d_bat', 'BAT Table 8', 'C2D + 5 BAT (8 groups)', _c2d(400), CLIP, 29.2, 24.8, op='bat', preset='bat', options=dict(k=8)),
-    # BAT Table 5 (ImageNet ResNet-50, increments)
-    PaperRow('bat5_nl', 'BAT Table 5', 'ImageNet ResNet-50 + NL (Δ)', _img(), IMAGE, 7.36, 3.55, op='nl', preset='nl', delta=True),
-    PaperRow('bat5_bat', 'BAT Table 5', 'ImageNet ResNet-50 + BAT (Δ)', _img(), IMAGE, 4.67, 1.30, op='bat', preset='bat', delta=True),
-    # RNL Table III (Kinetics-400, TSM ResNet-50, 8 x 224²)
-    PaperRow('rnl3_tsm', 'RNL Table III', 'TSM ResNet-50, 400 classes', lambda: video_resnet(50, 'tsm', 400), CLIP, 24.33, 32.89),
-    PaperRow('rnl3_se', 'RNL Table III', '+ 5 SE', lambda: video_resnet(50, 'tsm', 400), CLIP, 24.79, 32.89, op='se', preset='rnl'),
-    PaperRow('rnl3_nl', 'RNL Table III', '+ 5 NL', lambda: video_resnet(50, 'tsm', 400), CLIP, 31.69, 49.38, op='nl', preset='rnl'),
-    PaperRow('rnl3_rnl', 'RNL Table III', '+ 5 RNL', lambda: video_resnet(50, 'tsm', 400), CLIP, 35.48, 41.15, op='rnl', preset='rnl'),
-    # GTA Table 1 (Something-Something V1, 174 classes, R2D ResNet-50, 8 x 224²)
-    PaperRow('gta1_r2d', 'GTA Table 1', 'R2D ResNet-50, 174 classes', lambda: video_resnet(50, 'r2d', 174), CLIP, 23.9, 32.7),
-    PaperRow('gta1_nl', 'GTA Table 1', '+ NL (5 blocks)', lambda: video_resnet(50, 'r2d', 174), CLIP, 31.2, 61.1, op='nl', preset='nl'),
-    PaperRow('gta1_gta', 'GTA Table 1', '+ GTA (5 blocks)', lambda: video_resnet(50, 'r2d', 174), CLIP, 31.2, 50.2, op='gta', preset='gta'),
-    # CGD Table 6 (ImageNet, Caffe ResNet-50 v1) and Table 3 (video, increments)
+    PaperRow('bat8_i3d_bat', 'BAT Table 8', 'I3D + 5 BAT (8 groups)', _i3d(), CLIP, 32.9, 33.6, op='bat', preset='bat', options=dict(k=8)),
+    PaperRow('bat8_c2d_bat3d', 'BAT Table 8', 'C2D + 5 3D-BAT (8, 4)', _c2d(400), CLIP, 29.2, 24.8, op='bat3d', preset='bat'),
+    # RNL Table II(c) (one Gaussian RNL block in res3 of TSM ResNet-50, increments)
+    *[PaperRow(f'rnl2_{r}', 'RNL Table II(c)', f'+ 1 RNL in res3, F_θ = {name} (Δ)', _tsm(), CLIP, p, 1.65, op=op, at={'res3': (0,)}, delta=True)
+      for r, name, op, p in (('conv', 'channel-wise conv', 'rnl', 2.67), ('avg', 'average pooling', 'rnl_avg', 0.26), ('max', 'max pooling', 'rnl_max', 0.26))],
+    # RNL Table III (Kinetics-400 and Something-Something V1, TSM ResNet-50, 8 x 224²)
+    PaperRow('rnl3_tsm', 'RNL Table III', 'TSM ResNet-50, 400 classes', _tsm(), CLIP, 24.33, 32.89),
+    PaperRow('rnl3_se', 'RNL Table III', '+ 5 SE', _tsm(), CLIP, 24.79, 32.89, op='se', preset='rnl'),
+    PaperRow('rnl3_cbam', 'RNL Table III', '+ 5 CBAM', _tsm(), CLIP, 24.80, 32.90, op='cbam', preset='rnl'),
+    PaperRow('rnl3_gc', 'RNL Table III', '+ 5 GC', _tsm(), CLIP, 24.79, 32.90, op='gc', preset='rnl'),
+    PaperRow('rnl3_nl', 'RNL Table III', '+ 5 NL', _tsm(), CLIP, 31.69, 49.38, op='nl', preset='rnl'),
+    PaperRow('rnl3_rnl', 'RNL Table III', '+ 5 RNL', _tsm(), CLIP, 35.48, 41.15, op='rnl', preset='rnl'),
+    PaperRow('rnl3_se_rnl', 'RNL Table III', '+ 5 [SE+RNL]', _tsm(), CLIP, 35.95, 41.16, op='se_rnl', at=RNL_5, stage_options=RNL_RES4,
+             options=dict(reduction=16)),
+    PaperRow('rnl3_ss_tsm', 'RNL Table III', 'SSv1: TSM ResNet-50, 174 classes', _tsm(174), CLIP, 24.33, 32.89),
+    PaperRow('rnl3_ss_nl', 'RNL Table III', 'SSv1: + 5 NL', _tsm(174), CLIP, 31.69, 49.38, op='nl', preset='rnl'),
+    PaperRow('rnl3_ss_rnl', 'RNL Table III', 'SSv1: + 5 RNL', _tsm(174), CLIP, 35.48, 41.15, op='rnl', preset='rnl'),
+    PaperRow('rnl3_ss_se_rnl', 'RNL Table III', 'SSv1: + 5 [SE+RNL]', _tsm(174), CLIP, 35.95, 41.16, op='se_rnl', at=RNL_5,
+             stage_options=RNL_RES4, options=dict(reduction=16)),
+    # GTA Table 1 (Something-Something V1, 174 classes, R2D ResNet-50, 8 x 224²) and Table 6 (the same backbone)
+    PaperRow('gta1_r2d', 'GTA Table 1', 'R2D ResNet-50, 174 classes', _r2d(), CLIP, 23.9, 32.7),
+    PaperRow('gta1_nl', 'GTA Table 1', '+ NL (5 blocks)', _r2d(), CLIP, 31.2, 61.1, op='nl', preset='nl'),
+    PaperRow('gta1_dnl', 'GTA Table 1', '+ DNL (5 blocks)', _r2d(), CLIP, 31.2, 49.9, op='dnl', preset='nl'),
+    PaperRow('gta1_gta', 'GTA Table 1', '+ GTA (5 blocks)', _r2d(), CLIP, 31.2, 50.2, op='gta', preset='gta'),
+    *[PaperRow(f'gta1_sf_{k}', 'GTA Table 1', f'SlowFast-R50{m}', None, CLIP, p, g)
+      for k, m, g, p in (('base', '', 131.4, 34.0), ('nl', ' + NL', 239.9, 41.4), ('dnl', ' + DNL', 169.1, 41.4), ('gta', ' + GTA', 169.9, 41.4))],
+    PaperRow('gta6_sa', 'GTA Table 6', '+SA (5 blocks)', _r2d(), CLIP, 27.5, 41.7, op=SpatialAttention, preset='nl'),
+    PaperRow('gta6_ta', 'GTA Table 6', '+TA (5 blocks)', _r2d(), CLIP, 27.5, 41.0, op='dnl', preset='nl', options=dict(spatial=False)),
+    PaperRow('gta6_sa_ta', 'GTA Table 6', '+SA+TA (5 blocks)', _r2d(), CLIP, 31.2, 49.9, op='dnl', preset='nl'),
+    PaperRow('gta6_tape', 'GTA Table 6', '+SA+TAPE (5 blocks)', _r2d(), CLIP, 31.2, None, op='tape', preset='nl'),
+    PaperRow('gta6_gta', 'GTA Table 6', '+SA+GTA (5 blocks)', _r2d(), CLIP, 31.2, 50.2, op='gta', preset='gta'),
+    # CGD Table 6 (ImageNet, Caffe ResNet-50 v1, increments) and Table 3 (video, "32 x 3 x 224 x 224", increments)
     PaperRow('cgd6_r50', 'CGD Table 6', 'ImageNet ResNet-50 (v1: stride on the 1×1)', _img(stride_on='conv1'), IMAGE, 25.56, 3.858),
+    PaperRow('cgd6_se', 'CGD Table 6', '+ SE in every block (Δ)', _img(stride_on='conv1'), IMAGE, 2.52, 2.52e-3, op='se', at='all', delta=True),
+    PaperRow('cgd6_bam', 'CGD Table 6', '+ BAM (Δ)', _img(stride_on='conv1'), IMAGE, 0.36, 82.2e-3, op='bam', at='all', delta=True),
+    PaperRow('cgd6_cbam', 'CGD Table 6', '+ CBAM (Δ)', _img(stride_on='conv1'), IMAGE, 2.53, 6.39e-3, op='cbam', at='all', delta=True),
+    PaperRow('cgd6_a2', 'CGD Table 6', '+ A² (5 blocks, Δ)', _img(stride_on='conv1'), IMAGE, 33.0, 2.65, op='a2', preset='a2', delta=True),
+    PaperRow('cgd6_cgnl', 'CGD Table 6', '+ CGNL / CGNLx (Δ)', _img(stride_on='conv1'), IMAGE, 1.64, 0.321, op='cgnl', at={'res4': (1,)}, delta=True),
     PaperRow('cgd6_cgd', 'CGD Table 6', '+ CGD in every block (Δ)', _img(stride_on='conv1'), IMAGE, 0.02, 0.023e-3, op='cgd', preset='cgd', delta=True),
-    PaperRow('cgd3_nl', 'CGD Table 3', 'C2D ResNet-50 + 1 NL in res4 (Δ)', _c2d(200), CLIP, 2.10, None, op='nl', at={'res4': (1,)}, delta=True),
-    PaperRow('cgd3_cgd', 'CGD Table 3', 'C2D ResNet-50 + CGD in every block (Δ)', _c2d(200), CLIP, 0.02, None, op='cgd', preset='cgd', delta=True),
-    # A² Tables 1-3 (Kinetics-400, 16 x 112²)
-    PaperRow('a2_r26', 'A² Tables 1–2', 'ResNet-26', lambda: a2_resnet(26), A2CLIP, 7.043, 8.3),
-    PaperRow('a2_r29', 'A² Tables 1–2', 'ResNet-29', lambda: a2_resnet(29), A2CLIP, 7.620, 9.2),
-    PaperRow('a2_nl2', 'A² Table 2', 'ResNet-26 + 1 NL @ Conv2', lambda: a2_resnet(26), A2CLIP, 7.061, 49.0, op='nl', at={'res2': (1,)}, options=dict(inner=32, subsample=False)),
-    PaperRow('a2_nl3', 'A² Table 2', 'ResNet-26 + 1 NL @ Conv3', lambda: a2_resnet(26), A2CLIP, 7.112, 13.7, op='nl', at={'res3': (1,)}, options=dict(inner=64, subsample=False)),
-    PaperRow('a2_nl4', 'A² Table 2', 'ResNet-26 + 1 NL @ Conv4', lambda: a2_resnet(26), A2CLIP, 7.312, 9.3, op='nl', at={'res4': (1,)}, options=dict(inner=128, subsample=False)),
-    PaperRow('a2_a22', 'A² Table 2', 'ResNet-26 + 1 A² @ Conv2', lambda: a2_resnet(26), A2CLIP, 7.061, 8.7, op='a2', at={'res2': (1,)}),
-    PaperRow('a2_a23', 'A² Table 2', 'ResNet-26 + 1 A² @ Conv3', lambda: a2_resnet(26), A2CLIP, 7.112, 8.7, op='a2', at={'res3': (1,)}),
-    PaperRow('a2_a24', 'A² Table 2', 'ResNet-26 + 1 A² @ Conv4', lambda: a2_resnet(26), A2CLIP, 7.312, 8.7, op='a2', preset='a2_conv4'),
+    PaperRow('cgd3_r50', 'CGD Table 3', 'C2D ResNet-50, 101 classes, 32 frames', _c2d(101), (32, 224, 224), 25.56, 17.87),
+    PaperRow('cgd3_nl', 'CGD Table 3', '+ 1 NL in res4 (Δ)', _c2d(101), (32, 224, 224), 2.10, 1.80, op='nl', at={'res4': (1,)}, delta=True),
+    PaperRow('cgd3_cgnl', 'CGD Table 3', '+ 1 CGNL in res4 (Δ)', _c2d(101), (32, 224, 224), 2.10, 1.64, op='cgnl', at={'res4': (1,)}, delta=True),
+    PaperRow('cgd3_cgd', 'CGD Table 3', '+ CGD in every block (Δ)', _c2d(101), (32, 224, 224), 0.02, 0.095e-3, op='cgd', preset='cgd', delta=True),
+    # A² Tables 1-3 (Kinetics-400; ResNet-26/29 on 16 x 112², ResNet-50 on 8 x 224²)
+    PaperRow('a2_r26', 'A² Table 1', 'ResNet-26', _a2(26), A2CLIP, 7.043, 8.3),
+    PaperRow('a2_r29', 'A² Table 1', 'ResNet-29', _a2(29), A2CLIP, 7.620, 9.2),
+    PaperRow('a2_r50', 'A² Table 1', 'ResNet-50 (8 × 224²)', a2_resnet50, CLIP, 33.4, 31.3),
+    *[PaperRow(f'a2_nl{s}', 'A² Table 2', f'ResNet-26 + 1 NL @ Conv{s}', _a2(26), A2CLIP, p, g, op='nl', at={f'res{s}': (1,)},
+               options=dict(inner=c // 4, subsample=False)) for s, c, p, g in ((2, 128, 7.061, 49.0), (3, 256, 7.112, 13.7), (4, 512, 7.312, 9.3))],
+    *[PaperRow(f'a2_a2{s}', 'A² Table 2', f'ResNet-26 + 1 A² @ Conv{s}', _a2(26), A2CLIP, p, 8.7, op='a2', at={f'res{s}': (1,)})
+      for s, p in ((2, 7.061), (3, 7.112), (4, 7.312))],
+    PaperRow('a2t3_nl2', 'A² Table 3', 'ResNet-26 + 2 NL @ Conv4', _a2(26), A2CLIP, 7.581, 10.4, op='nl', at={'res4': (0, 1)},
+             options=dict(inner=128, subsample=False)),
+    PaperRow('a2t3_nl4', 'A² Table 3', 'ResNet-26 + 4 NL @ Conv3&4', _a2(26), A2CLIP, 7.719, 21.3, op='nl', at={'res3': (0, 1), 'res4': (0, 1)},
+             options=dict(subsample=False), stage_options={'res3': dict(inner=64), 'res4': dict(inner=128)}),
+    PaperRow('a2t3_a22', 'A² Table 3', 'ResNet-26 + 2 A² @ Conv4', _a2(26), A2CLIP, 7.581, 9.2, op='a2', at={'res4': (0, 1)}),
+    PaperRow('a2t3_a24', 'A² Table 3', 'ResNet-26 + 4 A² @ Conv3&4', _a2(26), A2CLIP, 7.719, 10.1, op='a2', at={'res3': (0, 1), 'res4': (0, 1)}),
 ]
 
+
 # %% ../../nbs/40_complexity.ipynb #83cf9106
-NOT_IN_BOOK = 'operator not yet in the book'
+NOT_IN_BOOK = 'operator not in the book'
+NO_BACKBONE = 'backbone not in the book'
 
 def _frames(row): return row.input[0] if len(row.input) == 3 else None
+
+def _insert_class(model, row, **options):
+    "Insert blocks of the class `row.op` after the row's residual blocks (for a block the registry does not list)."
+    names = []
+    for s, which in (PRESETS[row.preset]['at'] if row.preset else row.at).items():
+        stage = model.stages()[s]
+        for i in ([which] if isinstance(which, int) else which):
+            p = next(model.parameters())
+            with torch.device(p.device): stage.after[str(i)] = row.op(stage.blocks[i].out_channels, **{**options, **(row.stage_options or {}).get(s, {})})
+            names.append(f'{s}.after.{i}')
+    return names
+
+def _op_name(row): return row.op.__name__ if isinstance(row.op, type) else row.op
 
 def build_row(row: PaperRow, with_op: bool = True, device='meta'):
     "The row's model on `device` (meta by default), with its operator inserted when `with_op`; returns (model, inserted names, note)."
@@ -86,8 +175,10 @@ def build_row(row: PaperRow, with_op: bool = True, device='meta'):
     names, note = [], ''
     if with_op and row.op:
         def insert(**options):
-            if row.preset: return insert_preset(model, row.preset, op=row.op, frames=_frames(row), **options)
-            return insert_operator(model, row.op, at=row.at, where=row.where, frames=_frames(row), **options)
+            if isinstance(row.op, type): return _insert_class(model, row, **options)
+            if row.preset and not row.stage_options: return insert_preset(model, row.preset, op=row.op, frames=_frames(row), **options)
+            at, where = (PRESETS[row.preset]['at'], PRESETS[row.preset]['where']) if row.preset else (row.at, row.where)
+            return insert_operator(model, row.op, at=at, where=where, frames=_frames(row), stage_options=row.stage_options, **options)
         try: names = insert(**row.options)
         except TypeError as e:
             note = f'options {row.options} not taken by the registered block ({e}); registry defaults used'
@@ -95,10 +186,21 @@ def build_row(row: PaperRow, with_op: bool = True, device='meta'):
             names = insert()
     return model, names, note
 
+@contextlib.contextmanager
+def norms_skipped(model):
+    """BatchNorm layers pass their input through while counting: FlopCounterMode counts nothing for them, but on the meta
+    device PyTorch decomposes each one into a dozen ops, which is most of the time of a count. Restored on exit."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns: m.forward = lambda t: t
+    try: yield model
+    finally:
+        for m in bns: del m.forward
+
 def _macs(model, names, shape):
     "Multiply-adds on the meta device; operators that cannot run there are counted on real zeros of their input shape."
     x = torch.empty(1, 3, *shape, device='meta')
-    try: return count_macs(model, x)
+    try:
+        with norms_skipped(model): return count_macs(model, x)
     except Exception: pass
     seen, hooks = {}, []
     for n in names:
@@ -106,7 +208,7 @@ def _macs(model, names, shape):
         model.get_submodule(n).forward_backup = model.get_submodule(n).forward
     try:
         for n in names: model.get_submodule(n).forward = lambda t: t          # the rest of the network on meta
-        rest = count_macs(model, x)
+        with norms_skipped(model): rest = count_macs(model, x)
     finally:
         for h in hooks: h.remove()
         for n in names:
@@ -121,18 +223,27 @@ def _macs(model, names, shape):
         ops += count_macs(real, torch.zeros(seen[n]))
     return rest + ops
 
+_BASE = {}
+def base_count(row: PaperRow) -> tuple:
+    "(parameters, multiply-adds) of the row's bare backbone at its input, counted once per builder and input."
+    key = (row.backbone, row.input)
+    if key not in _BASE:
+        base, _, _ = build_row(row, with_op=False)
+        _BASE[key] = count_params(base), _macs(base, [], row.input)
+    return _BASE[key]
+
 def measure_row(row: PaperRow) -> dict:
     "Count the row's model: parameters (M) and G multiply-adds, increments over the bare backbone when `row.delta`."
     rec = dict(key=row.key, source=row.source, model=row.model, paper_params=row.params_m, paper_gmacs=row.gmacs,
                params=None, gmacs=None, status='')
-    if row.op and row.op not in list_operators():
-        rec['status'] = NOT_IN_BOOK; return rec
+    if row.backbone is None: rec['status'] = NO_BACKBONE; return rec
+    if isinstance(row.op, str) and row.op not in list_operators(): rec['status'] = NOT_IN_BOOK; return rec
     shape = row.input
     model, names, note = build_row(row)
     params, macs = count_params(model), _macs(model, names, shape)
     if row.delta:
-        base, _, _ = build_row(row, with_op=False)
-        params, macs = params - count_params(base), macs - _macs(base, [], shape)
+        base_params, base_macs = base_count(row)
+        params, macs = params - base_params, macs - base_macs
     rec.update(params=params / 1e6, gmacs=macs / 1e9, status=note)
     return rec
 
