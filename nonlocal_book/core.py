@@ -213,65 +213,66 @@ def build_block(name: str, channels: int, **kwargs) -> nn.Module:
 QUERY_COLOURS = ('red', 'cyan', 'lime', 'yellow', 'magenta', 'orange', 'white', 'deepskyblue')
 
 def _same_image(images):
-    return all(im is images[0] or (torch.is_tensor(im) and torch.is_tensor(images[0]) and im.shape == images[0].shape
-                                   and torch.equal(im, images[0])) for im in images)
+    first = images[0]
+    return all(im is first or (torch.is_tensor(im) and torch.is_tensor(first) and im.shape == first.shape and torch.equal(im, first))
+               for im in images)
 
+def _mark_query(ax, q, colour, hw, unit):
+    "Mark query `q` = (row, col) of a map of size `hw` on `ax`: on the unit square when `unit`, else in pixels."
+    r, c = q
+    x, y = ((c + 0.5) / hw[1], (r + 0.5) / hw[0]) if unit else (c, r)
+    ax.plot(x, y, marker='P', ms=9, color=colour, mec='black', mew=1.0, ls='none')
+
+def _show_frame(ax, im, title, marks=()):
+    "Draw the frame `im` (H, W, 3) on the unit square at its aspect ratio, with `marks` = [(query, colour, map size)]."
+    im = im.detach().float().cpu() if isinstance(im, torch.Tensor) else im
+    ax.imshow(im, extent=(0, 1, 1, 0)); ax.set_aspect(im.shape[0] / im.shape[1]); ax.axis('off')
+    for q, colour, hw in marks: _mark_query(ax, q, colour, hw, True)
+    ax.set_title(title, fontsize=9)
+
+def _show_map(ax, m, cmap, unit, colorbar):
+    "Draw one map: a heat map with a 9-pt colour bar (an RGB map as an image), at its true aspect ratio."
+    rgb = m.ndim == 3
+    art = ax.imshow(m.clamp(0, 1) if rgb else m, cmap=None if rgb else cmap, interpolation='nearest',
+                    **(dict(extent=(0, 1, 1, 0)) if unit else {}))
+    if unit: ax.set_aspect(m.shape[0] / m.shape[1])
+    ax.set_xticks([]); ax.set_yticks([])
+    if colorbar and not rgb: ax.figure.colorbar(art, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=9)
+
+
+# %% ../nbs/00_notation.ipynb #2550549d
 def show_maps(maps, titles=None, ncols: int = 4, cmap: str = 'viridis', suptitle: str = '', size: float = 2.6, images=None,
               alpha=None, queries=None, width: float = 8.0, colorbar: bool = True):
-    """Show 2D maps (H, W) as a grid of heat maps, each with its colour bar and at its true aspect ratio; returns the
-    map axes, an array (rows, ncols). `images`: the frame(s) the maps belong to, drawn *beside* them, never blended: once,
-    left of the grid, when every map shares one frame, else one frame panel before each map. `queries`: one (row, col)
-    per map (None to skip), in the map's pixels; each is marked on its map and on the frame, in its own colour. With
-    `images` the map axes span the unit square (x = (col + 0.5) / W), as before. The figure is at most `width` inches
-    wide so that its 9-pt text stays readable at page width. `alpha` is accepted and ignored (nothing is blended now)."""
+    """Show 2D maps (H, W) as a grid of heat maps, each with its colour bar and at its true aspect ratio; returns the map axes
+    (rows, ncols). `images`: the frame(s) of the maps, drawn *beside* them, never blended — once, left of the grid, when all
+    maps share one frame, else before each map. `queries`: one (row, col) per map (or None), in the map's pixels, marked on
+    the map and on the frame in one colour. With `images` the map axes span the unit square (x = (col + 0.5) / W), as the
+    blended version did. At most `width` inches wide, so 9-pt text stays readable at page width; `alpha` is ignored."""
     import matplotlib.pyplot as plt, textwrap
     maps = [m.detach().float().cpu() if isinstance(m, torch.Tensor) else torch.as_tensor(m) for m in maps]
     n = len(maps)
-    if titles is not None and len(titles) != n: raise ValueError(f"got {len(titles)} titles for {n} maps; pass one title per map")
-    if queries is not None and len(queries) != n: raise ValueError(f"got {len(queries)} queries for {n} maps; pass one (row, col) or None per map")
-    if images is not None and len(images) != n: raise ValueError(f"got {len(images)} images for {n} maps; pass one image per map")
+    for what, given, hint in (('titles', titles, 'one title'), ('queries', queries, 'one (row, col) or None'), ('images', images, 'one image')):
+        if given is not None and len(given) != n: raise ValueError(f"got {len(given)} {what} for {n} maps; pass {hint} per map")
     shared = images is not None and _same_image(images)
-    per_map = images is not None and not shared
+    per_map, unit = images is not None and not shared, images is not None
     ncols = min(ncols, n); nrows = -(-n // ncols)
-    cols = ncols * (2 if per_map else 1) + (1 if shared else 0)
+    cols, widen = ncols * (2 if per_map else 1) + shared, 1.25 if colorbar else 1.0
     h, w = maps[0].shape[:2]
-    panel = min(size, width / (cols * (1.25 if colorbar else 1.0)))
-    fig = plt.figure(figsize=(panel * cols * (1.25 if colorbar else 1.0), nrows * (panel * h / w + 0.55) + (0.35 if suptitle else 0)))
-    grid = fig.add_gridspec(nrows, cols)
-    axes = np.empty((nrows, ncols), dtype=object)
-    unit = images is not None                     # map axes on the unit square (extent 0..1), as the blended version had
-    def mark(ax, q, colour, hw):
-        r, c = q
-        x, y = ((c + 0.5) / hw[1], (r + 0.5) / hw[0]) if unit else (c, r)
-        ax.plot(x, y, marker='P', ms=9, color=colour, mec='black', mew=1.0, ls='none')
-    def frame(ax, im, title, qs):
-        im = im.detach().float().cpu() if isinstance(im, torch.Tensor) else im
-        ax.imshow(im, extent=(0, 1, 1, 0)); ax.set_aspect(im.shape[0] / im.shape[1]); ax.axis('off')
-        for i, q in qs:
-            if q is not None: mark(ax, q, QUERY_COLOURS[i % len(QUERY_COLOURS)], maps[i].shape[:2])
-        ax.set_title(title, fontsize=9)
-    if shared:
-        frame(fig.add_subplot(grid[0, 0]), images[0], 'frame' + (' (queries marked)' if queries is not None else ''),
-              list(enumerate(queries)) if queries is not None else [])
-    for i, m in enumerate(maps):
+    panel = min(size, width / (cols * widen))
+    fig = plt.figure(figsize=(panel * cols * widen, nrows * (panel * h / w + 0.55) + (0.35 if suptitle else 0)))
+    grid, axes = fig.add_gridspec(nrows, cols), np.empty((nrows, ncols), dtype=object)
+    colour = lambda i: QUERY_COLOURS[i % len(QUERY_COLOURS)]
+    marks = lambda idx: [(queries[i], colour(i), maps[i].shape[:2]) for i in idx if queries is not None and queries[i] is not None]
+    if shared: _show_frame(fig.add_subplot(grid[0, 0]), images[0], 'frame', marks(range(n)))
+    for i in range(nrows * ncols):
         r, c = divmod(i, ncols)
-        col = c * 2 + 1 if per_map else c + (1 if shared else 0)
-        if per_map: frame(fig.add_subplot(grid[r, col - 1]), images[i], 'frame', [(i, queries[i] if queries else None)])
+        col = c * 2 + 1 if per_map else c + shared
         ax = axes[r, c] = fig.add_subplot(grid[r, col])
-        rgb = m.ndim == 3
-        kw = dict(extent=(0, 1, 1, 0)) if unit else {}
-        art = ax.imshow(m.clamp(0, 1) if rgb else m, cmap=None if rgb else cmap, interpolation='nearest', **kw)
-        if unit: ax.set_aspect(m.shape[0] / m.shape[1])
-        ax.set_xticks([]); ax.set_yticks([])
-        if colorbar and not rgb: fig.colorbar(art, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=9)
-        if queries is not None and queries[i] is not None: mark(ax, queries[i], QUERY_COLOURS[i % len(QUERY_COLOURS)], m.shape[:2])
-        if titles is not None:
-            ax.set_title(textwrap.fill(str(titles[i]), max(int(panel * 72 / 5.2), 12)), fontsize=9)
-    for r in range(nrows):
-        for c in range(ncols):
-            if axes[r, c] is None:
-                col = c * 2 + 1 if per_map else c + (1 if shared else 0)
-                axes[r, c] = fig.add_subplot(grid[r, col]); axes[r, c].axis('off')
+        if i >= n: ax.axis('off'); continue
+        if per_map: _show_frame(fig.add_subplot(grid[r, col - 1]), images[i], 'frame', marks([i]))
+        _show_map(ax, maps[i], cmap, unit, colorbar)
+        for q, col_, hw in marks([i]): _mark_query(ax, q, col_, hw, unit)
+        if titles is not None: ax.set_title(textwrap.fill(str(titles[i]), max(int(panel * 72 / 5.2), 12)), fontsize=9)
     if suptitle: fig.suptitle(textwrap.fill(suptitle, int(fig.get_figwidth() * 72 / 6)), fontsize=10)
     fig.tight_layout()
     return axes
@@ -290,33 +291,38 @@ def plot_curves(x, curves: dict, xlabel: str, ylabel: str, title: str, logy: boo
 # %% ../nbs/00_notation.ipynb #bbd170dd
 DIAGRAM_COLOURS = {'tensor': '#dbe9f6', 'op': '#fde3c0', 'join': 'white'}
 
+def _diagram_arrow(ax, boxes, artists, arrow, fontsize):
+    "One arrow `(src, dst[, label[, bend]])` of `block_diagram`, clipped at both boxes, its label at the curve's middle."
+    src, dst, label, bend = (tuple(arrow) + ('', 0.0)[len(arrow) - 2:])[:4]
+    missing = [n for n in (src, dst) if n not in boxes]
+    if missing: raise KeyError(f"arrow {src!r} -> {dst!r}: no box named {missing[0]!r}; boxes: {', '.join(boxes)}")
+    (x0, y0), (x1, y1) = boxes[src][:2], boxes[dst][:2]
+    # data coordinates, and arrows drawn after the boxes (zorder 3): each box has placed its patch before an arrow is clipped to it
+    ax.annotate('', xy=(x1, y1), xytext=(x0, y0), zorder=3,
+                arrowprops=dict(arrowstyle='-|>', color='0.25', lw=1.1, shrinkA=2, shrinkB=2, connectionstyle=f'arc3,rad={bend}',
+                                patchA=artists[src].get_bbox_patch(), patchB=artists[dst].get_bbox_patch()))
+    if label:
+        ax.text((x0 + x1) / 2 + 0.5 * bend * (y1 - y0), (y0 + y1) / 2 - 0.5 * bend * (x1 - x0), label, ha='center', va='center',
+                fontsize=fontsize - 1, style='italic', color='0.15', zorder=4,
+                bbox=dict(boxstyle='round,pad=0.1', fc='white', ec='none', alpha=0.9))
+
+
+# %% ../nbs/00_notation.ipynb #0f54fc58
 def block_diagram(boxes: dict, arrows, title: str, note: str = '', figsize=(8, 3.6), fontsize: float = 10):
     """Draw an operator block as boxes and arrows; returns the figure. `boxes` maps a name to `(x, y, text, kind)`: kind
     'tensor' (blue: a tensor and its shape), 'op' (orange: a projection, pooling or normalisation) or 'join' (a circle: ⊗ a
-    product, ⊕ the residual sum). `arrows` are `(src, dst)` or `(src, dst, label)` or `(src, dst, label, bend)` (bend: arc
-    radius, e.g. 0.12 for the residual). `note`: a line under the drawing (what N, M, C' stand for). x grows to the right,
-    y upwards, in any units: the axes fit the boxes. Text is `fontsize` points (arrow labels one less), readable at 8 inches."""
+    product, ⊕ the residual sum). `arrows` are `(src, dst)`, `(src, dst, label)` or `(src, dst, label, bend)` (an arc's
+    radius). `note`: a line under the drawing (what N, M, C' stand for). x grows to the right, y upwards, in any units: the
+    axes fit the boxes. Text is `fontsize` points (labels and note one less), readable at page width for 8 inches."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=figsize)
     artists = {}
     for name, (x, y, text, kind) in boxes.items():
         if kind not in DIAGRAM_COLOURS: raise ValueError(f"box {name!r}: unknown kind {kind!r}; choose one of {tuple(DIAGRAM_COLOURS)}")
         style = 'circle,pad=0.15' if kind == 'join' else 'round,pad=0.35'
-        artists[name] = ax.text(x, y, text, ha='center', va='center', fontsize=fontsize + (2 if kind == 'join' else 0),
-                                bbox=dict(boxstyle=style, fc=DIAGRAM_COLOURS[kind], ec='0.3', lw=0.8), zorder=2)
-    for arrow in arrows:
-        src, dst, label, bend = (tuple(arrow) + ('', 0.0)[len(arrow) - 2:])[:4]
-        missing = [n for n in (src, dst) if n not in boxes]
-        if missing: raise KeyError(f"arrow {src!r} -> {dst!r}: no box named {missing[0]!r}; boxes: {', '.join(boxes)}")
-        a, b = artists[src], artists[dst]
-        # data coordinates, and arrows drawn after the boxes (zorder 3): each box has placed its patch before an arrow is clipped to it
-        ax.annotate('', xy=boxes[dst][:2], xytext=boxes[src][:2], zorder=3,
-                    arrowprops=dict(arrowstyle='-|>', color='0.25', lw=1.1, shrinkA=2, shrinkB=2,
-                                    patchA=a.get_bbox_patch(), patchB=b.get_bbox_patch(), connectionstyle=f'arc3,rad={bend}'))
-        if label:
-            (x0, y0), (x1, y1) = boxes[src][:2], boxes[dst][:2]
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.5 * bend * abs(x1 - x0), label, ha='center', va='center', fontsize=fontsize - 1,
-                    style='italic', color='0.15', bbox=dict(boxstyle='round,pad=0.1', fc='white', ec='none', alpha=0.9), zorder=4)
+        artists[name] = ax.text(x, y, text, ha='center', va='center', fontsize=fontsize + (2 if kind == 'join' else 0), zorder=2,
+                                bbox=dict(boxstyle=style, fc=DIAGRAM_COLOURS[kind], ec='0.3', lw=0.8))
+    for arrow in arrows: _diagram_arrow(ax, boxes, artists, arrow, fontsize)
     xs, ys = [v[0] for v in boxes.values()], [v[1] for v in boxes.values()]
     ax.set_xlim(min(xs) - 0.9, max(xs) + 0.9); ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
     ax.axis('off'); ax.set_title(title, fontsize=fontsize + 1)

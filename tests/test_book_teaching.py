@@ -25,7 +25,8 @@ def exercises(nb):
         if not m: continue
         nxt = cs[i + 1] if i + 1 < len(cs) else None
         folded = nxt is not None and nxt['cell_type'] == 'code' and src(nxt).lstrip().startswith(FOLD)
-        out.append((int(m.group(1)), folded))
+        checks = folded and bool(re.search(r'\b(test_eq|test_close|test_fail|test_ne|assert)\b', src(nxt)))
+        out.append((int(m.group(1)), folded, checks))
     return out
 
 
@@ -70,9 +71,11 @@ def test_chapter_has_summary_and_exercises(nb):
     assert any(re.match(r'## Exercises\b', s) for s in md), f'{nb.name}: needs an "## Exercises" section'
     ex = exercises(nb)
     assert len(ex) >= 3, f'{nb.name}: needs at least 3 exercises ("**Exercise n.**" cells), has {len(ex)}'
-    assert [n for n, _ in ex] == list(range(1, len(ex) + 1)), f'{nb.name}: exercises should be numbered 1..n'
-    unfolded = [n for n, folded in ex if not folded]
+    assert [n for n, *_ in ex] == list(range(1, len(ex) + 1)), f'{nb.name}: exercises should be numbered 1..n'
+    unfolded = [n for n, folded, _ in ex if not folded]
     assert not unfolded, f'{nb.name}: exercise(s) {unfolded} need a solution cell right after, starting "#| code-fold: true"'
+    unchecked = [n for n, _, checks in ex if not checks]
+    assert not unchecked, f'{nb.name}: the solution(s) of exercise(s) {unchecked} must assert something (test_eq, test_close, assert)'
 
 
 def test_exercise_check_can_fail(tmp_path):
@@ -82,9 +85,10 @@ def test_exercise_check_can_fail(tmp_path):
         p.write_text(json.dumps({'cells': [{'cell_type': t, 'source': [s], 'metadata': {}} for t, s in cs]}))
         return p
     good = nb(('markdown', '**Exercise 1.** Derive.'), ('code', '#| code-fold: true\nassert 1'))
-    assert exercises(good) == [(1, True)]
-    assert exercises(nb(('markdown', '**Exercise 1.** Derive.'), ('code', 'assert 1'))) == [(1, False)]
-    assert exercises(nb(('markdown', '**Exercise 1.** Derive.'))) == [(1, False)]
+    assert exercises(good) == [(1, True, True)]
+    assert exercises(nb(('markdown', '**Exercise 1.** Derive.'), ('code', '#| code-fold: true\nprint(1)'))) == [(1, True, False)]
+    assert exercises(nb(('markdown', '**Exercise 1.** Derive.'), ('code', 'assert 1'))) == [(1, False, False)]
+    assert exercises(nb(('markdown', '**Exercise 1.** Derive.'))) == [(1, False, False)]
 
 
 def long_code_cells(limit=40):
