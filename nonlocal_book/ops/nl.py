@@ -70,7 +70,8 @@ def nl_attend(q, k, v, mode='embedded_gaussian', scale=1.0, w_f=None, backend='e
         return rearrange(y, 'b 1 n c -> b c n').contiguous() if channels_first else rearrange(y, 'b 1 n c -> b n c')
     if backend != 'einsum': raise ValueError(f"unknown backend {backend!r}; choose 'einsum' or 'sdpa'")
     A = nl_weights(q, k, mode, scale, w_f)
-    y = einsum(v, A, 'b m c, b n m -> b c n') if channels_first else einsum(A, v, 'b n m, b m c -> b n c')
+    # channels first: the product writes (B, C, N) itself; .contiguous() is a no-op then (einsum may pick another layout for size-1 axes)
+    y = einsum(v, A, 'b m c, b n m -> b c n').contiguous() if channels_first else einsum(A, v, 'b n m, b m c -> b n c')
     return (y, A) if return_weights else y
 
 # %% ../../nbs/01_nonlocal.ipynb #f52cfe3d
@@ -152,8 +153,8 @@ class SEBlock(OperatorBlock):
         return from_video(x5 * rearrange(s, 'b c -> b c 1 1 1'), was_image)
 
 # %% ../../nbs/01_nonlocal.ipynb #efa6c9b3
-register('nl', NLBlock, doc='non-local block, embedded Gaussian, official scale (Wang et al. 2018)')
-register('nl_gaussian', NLBlock, mode='gaussian', doc='non-local block, Gaussian on the raw input')
-register('nl_dot', NLBlock, mode='dot', doc='non-local block, dot product / N')
-register('nl_concat', NLBlock, mode='concat', doc='non-local block, concatenation + ReLU / N')
+register('nl', NLBlock, doc='non-local block, embedded Gaussian (Eq. 3), official scale (Wang et al. 2018)')
+register('nl_gaussian', NLBlock, mode='gaussian', doc='non-local block, Gaussian (Eq. 2) on the raw input, with the C^-1/2 scale (scale=False: the paper)')
+register('nl_dot', NLBlock, mode='dot', doc='non-local block, dot product / N (Eq. 4)')
+register('nl_concat', NLBlock, mode='concat', doc='non-local block, concatenation + ReLU / N (Eq. 5)')
 register('se', SEBlock, channels=64, doc='squeeze-and-excitation (Hu et al. 2018)');  # 64 channels: 4 hidden units at r = 16
