@@ -159,3 +159,31 @@ def test_gradients_agree_between_associations():
         grads.append(g)
     for gl, gr in zip(*grads): torch.testing.assert_close(gl, gr)
     assert torch.autograd.gradcheck(lambda a, b, v: a2_left(a, b, v), (a, b, v))
+
+
+# ---- issue 17: one convolution for θ, φ, ρ; the BatchNorm's price ----------------------------------------------------
+
+def test_fused_projection_equals_three_convolutions_values_and_gradients():
+    torch.manual_seed(0)
+    blk = A2Block(16, norm=False, zero_init=False).double()
+    x = torch.randn(2, 16, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    def three_convs(x):
+        flat = lambda t: t.flatten(2)
+        z = double_attention(flat(blk.phi(x)), flat(blk.theta(x)), flat(blk.rho(x)))
+        return x + blk.out(z.view(2, blk.m, 2, 5, 5))
+    gy = torch.randn_like(x)
+    params = [x] + list(blk.parameters())
+    for a, b in zip(torch.autograd.grad(blk(x), params, gy), torch.autograd.grad(three_convs(x), params, gy)):
+        torch.testing.assert_close(a, b)
+
+
+def test_batchnorm_saves_its_input():
+    def saved(fn, x):
+        seen = {}
+        def pack(t):
+            st = t.untyped_storage(); seen[st.data_ptr()] = st.nbytes(); return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn(x)
+        return sum(seen.values())
+    x = torch.randn(2, 32, 2, 7, 7, requires_grad=True)
+    with_bn, without = saved(A2Block(32), x), saved(A2Block(32, norm=False), x)
+    assert 0 <= with_bn - without - x.nbytes <= 8 * 4 * 32          # + BN's C×N input and a few per-channel vectors

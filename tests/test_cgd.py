@@ -352,3 +352,77 @@ def test_registry_entries():
     off = build_block('cgd_official', 32)
     assert off.temporal == 'mean' and all(p.abs().max() > 0 for p in off.weights)
     assert build_block('cgd_height', 4).map_size == 8 and build_block('cgd_ct', 4).num_frames == 4
+
+
+# ---- issue 17: passes over the feature map, saved memory -----------------------------------------------------------
+
+class _FullSizeOps(torch.utils._python_dispatch.TorchDispatchMode):
+    SKIP = ('view', 'expand', 'permute', 'transpose', 'unsqueeze', 'squeeze', 'detach', 'alias', 'as_strided', 'split', 'select', 'slice')
+    def __init__(self, numel):
+        super().__init__(); self.numel, self.ops = numel, []
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = torch.utils._pytree.tree_flatten((args, kwargs, out))[0]
+        if any(isinstance(t, torch.Tensor) and t.numel() >= self.numel for t in flat) and not any(s in func.__name__ for s in self.SKIP):
+            self.ops.append(func.__name__.split('.')[0])
+        return out
+
+
+def _saved_bytes(fn, *args):
+    seen = {}
+    def pack(t):
+        st = t.untyped_storage(); seen[(st.data_ptr(), t.device)] = st.nbytes(); return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, sum(seen.values())
+
+
+@pytest.mark.parametrize('variant', ['v10', 'v8', 'v1', 'v6'])
+@pytest.mark.parametrize('temporal', ['sum', 'mean', 'frame'])
+def test_each_pool_runs_once_and_no_amax(variant, temporal):
+    x = torch.randn(2, 16, 3, 5, 5, requires_grad=True)
+    blk = randomise(CGDBlock(16, variant=variant, temporal=temporal))
+    gy = torch.randn_like(x)
+    with _FullSizeOps(x.numel() // 3) as mode:            # // 3: the frame mean of 'mean' is a third of x
+        torch.autograd.grad(blk(x), x, gy)
+    means = [o for o in mode.ops if o == 'mean']
+    assert len(means) == (2 if temporal == 'mean' else 1), mode.ops   # 'mean': the frame average, then the average pool
+    assert 'amax' not in mode.ops and mode.ops.count('max') <= 1
+
+
+def test_v10_pass_count_equals_the_official_attention_layer():
+    x = torch.randn(2, 32, 4, 7, 7, requires_grad=True)
+    gy = torch.randn_like(x)
+    for temporal in ('sum', 'frame'):
+        with _FullSizeOps(x.numel()) as mode:
+            torch.autograd.grad(CGDBlock(32, temporal=temporal, init='xavier')(x), x, gy)
+        assert len(mode.ops) == 11, (temporal, mode.ops)
+
+
+@pytest.mark.parametrize('temporal', ['sum', 'frame', 'mean'])
+def test_saved_memory_is_the_input_only(temporal):
+    x = torch.randn(2, 64, 4, 14, 14, requires_grad=True)
+    _, saved = _saved_bytes(CGDBlock(64, temporal=temporal), x)
+    assert x.nbytes <= saved < 1.1 * x.nbytes            # the per-frame clone made 'frame' save 2×
+
+
+def test_max_pool_gradient_equals_amax_gradient_without_ties():
+    torch.manual_seed(0)
+    X = torch.randn(2, 3, 6, 10, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(2, 3, 6, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(cgd_pool(X, 'max'), X, gy)
+    (ref,) = torch.autograd.grad(X.amax(-1), X, gy)
+    torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize('variant', list(VARIANTS))
+def test_per_frame_z_without_sum_equals_one_call_per_frame(variant):
+    torch.manual_seed(0)
+    Xd = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    L = cgd_levels(variant)
+    ws = [torch.randn(5, dtype=torch.float64) for _ in range(L)]
+    bs = [torch.randn(5, dtype=torch.float64) for _ in range(L)]
+    per_frame = cgd_z(Xd, variant, ws, bs, frame_sum=False)
+    assert per_frame.shape == (2, 3, 5)
+    for t in range(3):
+        torch.testing.assert_close(per_frame[:, t], cgd_z(Xd[:, t:t + 1], variant, ws, bs))

@@ -164,9 +164,12 @@ class A2Block(OperatorBlock):
         x5, was_image = to_video(x, 'A2Block input')
         check_channels(x5, self.channels, 'A2Block')
         T, H, W = x5.shape[2:]
-        a = rearrange(self.phi(x5), 'b m t h w -> b m (t h w)')
-        b = rearrange(self.theta(x5), 'b n t h w -> b n (t h w)')
-        v = rearrange(self.rho(x5), 'b n t h w -> b n (t h w)')
+        # φ, θ, ρ as one convolution: the input is read once, and backward forms one input gradient instead of three to add
+        weight = torch.cat([self.phi.weight, self.theta.weight, self.rho.weight])
+        bias = torch.cat([self.phi.bias, self.phi.bias.new_zeros(self.n), self.rho.bias])   # θ has none
+        proj = rearrange(torch.nn.functional.conv3d(x5, weight, bias), 'b c t h w -> b c (t h w)')
+        a, b, v = proj.split([self.m, self.n, self.n], dim=1)
+        a = a.contiguous()               # its own storage: what backward keeps of φ(x) is not the whole (m + 2n) × N output
         z, sb, sv = double_attention(a, b, v, self.association, return_weights=True)
         self.keep(gather=rearrange(sb, 'b n (t h w) -> b n t h w', t=T, h=H, w=W),
                   distribute=rearrange(sv, 'b n (t h w) -> b n t h w', t=T, h=H, w=W))

@@ -46,9 +46,11 @@ def cgd_dense(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 POOLS = ('avg', 'max', 'softmax_avg', 'softmax_max')
 
 def cgd_pool(X: torch.Tensor, kind: str) -> torch.Tensor:
-    "Sub-descriptor of Table 2 on `X` (..., N, M): global 'avg' or 'max' over the M positions, or a softmax over N of either."
+    """Sub-descriptor of Table 2 on `X` (..., N, M): global 'avg' or 'max' over the M positions, or a softmax over N of either.
+    The max goes through `torch.max(dim)`, whose backward scatters each gradient to the one position it took (saving only
+    the indices), not through `amax`, whose backward is four full-size passes and keeps `X` alive."""
     if kind not in POOLS: raise ValueError(f"unknown sub-descriptor {kind!r}; choose one of {POOLS}")
-    pooled = reduce(X, '... n m -> ... n', 'max' if kind.endswith('max') else 'mean')
+    pooled = X.max(dim=-1).values if kind.endswith('max') else reduce(X, '... n m -> ... n', 'mean')
     return softmax32(pooled, dim=-1) if kind.startswith('softmax') else pooled
 
 # %% ../../nbs/04_cgd.ipynb #e2c03706
@@ -65,21 +67,29 @@ def cgd_levels(variant: str) -> int:
     g, f = VARIANTS[variant]
     return 1 if g in POOLS else cgd_levels(g) + cgd_levels(f) + 1
 
-def cgd_z(Xd: torch.Tensor, variant: str, weights, biases=None) -> torch.Tensor:
+def cgd_z(Xd: torch.Tensor, variant: str, weights, biases=None, frame_sum: bool = True, pools: dict | None = None) -> torch.Tensor:
     """Pre-activation descriptor z (B, N) of a Table 2 variant, with Eq. 12's sum over frames:
     z = Σ_t g(X^t) f(X^t)ᵀ w + b for `Xd` (B, T, N, M) (T = 1: Eq. 10). A cascade feeds its sub-modules' gates
-    tanh(z_g), tanh(z_f) in as g and f. `weights`, `biases`: lists of `cgd_levels(variant)` tensors (N,), in the order g, f, outer."""
+    tanh(z_g), tanh(z_f) in as g and f. `weights`, `biases`: lists of `cgd_levels(variant)` tensors (N,), in the order g, f, outer.
+    `frame_sum=False` keeps Eq. 12's per-frame terms, z (B, T, N). `pools` caches each pooling of `Xd` across the levels of one
+    call (v10 needs the average three times and the max once: each is computed once)."""
     _check_variant(variant)
     weights, biases = list(weights), list(biases) if biases is not None else [None] * len(weights)
     if len(weights) != cgd_levels(variant):
         raise ValueError(f"CGD {variant} needs {cgd_levels(variant)} weight vectors, got {len(weights)}")
+    pools = {} if pools is None else pools
+    def pool(kind):
+        if kind not in pools:
+            pools[kind] = softmax32(pool(kind[len('softmax_'):]), dim=-1) if kind.startswith('softmax') else cgd_pool(Xd, kind)
+        return pools[kind]
     g_kind, f_kind = VARIANTS[variant]
     if g_kind in POOLS:
-        z = reduce(cgd_compact(cgd_pool(Xd, g_kind), cgd_pool(Xd, f_kind), weights[0]), 'b t n -> b n', 'sum')
+        z = cgd_compact(pool(g_kind), pool(f_kind), weights[0])                 # (B, T, N): one term per frame
+        if frame_sum: z = reduce(z, 'b t n -> b n', 'sum')
     else:
         ng = cgd_levels(g_kind)
-        a = torch.tanh(cgd_z(Xd, g_kind, weights[:ng], biases[:ng]))
-        c = torch.tanh(cgd_z(Xd, f_kind, weights[ng:-1], biases[ng:-1]))
+        a = torch.tanh(cgd_z(Xd, g_kind, weights[:ng], biases[:ng], frame_sum, pools))
+        c = torch.tanh(cgd_z(Xd, f_kind, weights[ng:-1], biases[ng:-1], frame_sum, pools))
         z = cgd_compact(a, c, weights[-1])
     return z if biases[-1] is None else z + biases[-1]
 
@@ -164,9 +174,8 @@ class CGDBlock(OperatorBlock):
         "z (B, N), or (B, T·N) for 'concat' and 'frame': the pre-activation descriptor of a video `x5` (B, C, T, H, W)."
         Xd = rearrange(x5, _ALONG[self.dim])                                   # (B, T, N, M)
         weights, biases = list(self.weights), list(self.biases) if self.biases is not None else None
-        if self.temporal == 'frame':
-            z = cgd_z(rearrange(Xd, 'b t n m -> (b t) 1 n m'), self.variant, weights, biases)
-            return rearrange(z, '(b t) n -> b (t n)', t=Xd.shape[1])
+        if self.temporal == 'frame':                                           # per-frame terms, no copy of the clip
+            return rearrange(cgd_z(Xd, self.variant, weights, biases, frame_sum=False), 'b t n -> b (t n)')
         if self.temporal == 'mean': Xd = reduce(Xd, 'b t n m -> b 1 n m', 'mean')
         if self.temporal == 'concat': Xd = rearrange(Xd, 'b t n m -> b 1 (t n) m')
         return cgd_z(Xd, self.variant, weights, biases)

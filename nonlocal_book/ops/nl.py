@@ -11,7 +11,7 @@ from einops import rearrange, reduce, einsum
 from ..core import *
 
 # %% auto #0
-__all__ = ['PAIRWISE', 'SOFTMAX_MODES', 'nl_literal', 'nl_weights', 'nl_attend', 'NLBlock', 'nl_macs', 'SEBlock']
+__all__ = ['PAIRWISE', 'SOFTMAX_MODES', 'BACKENDS', 'nl_literal', 'nl_weights', 'nl_attend', 'NLBlock', 'nl_macs', 'SEBlock']
 
 # %% ../../nbs/01_nonlocal.ipynb #a4c20da2
 PAIRWISE = ('embedded_gaussian', 'gaussian', 'dot', 'concat')
@@ -46,31 +46,50 @@ def nl_weights(q, k, mode='embedded_gaussian', scale=1.0, w_f=None):
     col = einsum(k, w_phi, 'b m d, d -> b m')
     return torch.relu(rearrange(row, 'b n -> b n 1') + rearrange(col, 'b m -> b 1 m')) / M
 
-def nl_attend(q, k, v, mode='embedded_gaussian', scale=1.0, w_f=None, backend='einsum', return_weights=False):
-    """y = A v with A from `nl_weights`. `backend='sdpa'` hands the softmax forms to `F.scaled_dot_product_attention`
-    (fused kernels, no N×M matrix where the kernel avoids it); it cannot return the weights."""
+def _count_cpu_flash():
+    "FlopCounterMode has formulas for the CUDA SDPA kernels, not the CPU flash one (it would count 0): register the same counts."
+    from torch.utils import flop_counter as fc
+    fwd, bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if fwd not in fc.flop_registry:
+        fc.register_flop_formula(fwd)(lambda q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_flop_count(q, k, v))
+    if bwd not in fc.flop_registry:
+        fc.register_flop_formula(bwd)(lambda gy, q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_backward_flop_count(gy, q, k, v))
+_count_cpu_flash()
+
+def nl_attend(q, k, v, mode='embedded_gaussian', scale=1.0, w_f=None, backend='einsum', return_weights=False,
+              channels_first=False):
+    """y = A v with A from `nl_weights`: (B, N, C), or (B, C, N) with `channels_first=True` — the layout a following 1×1×1
+    convolution reads without a copy. `backend='sdpa'` hands the softmax forms to `F.scaled_dot_product_attention`, as
+    (B, 1, N, D) tensors with unit-stride rows: the layout for which PyTorch's CPU flash kernel is chosen (a 3-D or strided
+    input falls back to the math kernel, which builds the N×M matrix); it cannot return the weights."""
     if backend == 'sdpa':
         if mode not in SOFTMAX_MODES: raise ValueError(f"backend='sdpa' computes softmax attention only; {mode!r} needs backend='einsum'")
         if return_weights: raise ValueError("backend='sdpa' does not expose the weights; use backend='einsum' to record them")
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        q4, k4, v4 = (rearrange(t, 'b n d -> b 1 n d').contiguous() for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+        return rearrange(y, 'b 1 n c -> b c n').contiguous() if channels_first else rearrange(y, 'b 1 n c -> b n c')
     if backend != 'einsum': raise ValueError(f"unknown backend {backend!r}; choose 'einsum' or 'sdpa'")
     A = nl_weights(q, k, mode, scale, w_f)
-    y = einsum(A, v, 'b n m, b m c -> b n c')
+    # channels first: the product writes (B, C, N) itself; .contiguous() is a no-op then (einsum may pick another layout for size-1 axes)
+    y = einsum(v, A, 'b m c, b n m -> b c n').contiguous() if channels_first else einsum(A, v, 'b n m, b m c -> b n c')
     return (y, A) if return_weights else y
 
 # %% ../../nbs/01_nonlocal.ipynb #f52cfe3d
-def _tokens(x): return rearrange(x, 'b c t h w -> b (t h w) c')
+def _tokens(x): return rearrange(x, 'b c t h w -> b (t h w) c')    # a view: no copy; einsum reads it as it lies
+BACKENDS = ('auto', 'einsum', 'sdpa')
 
 class NLBlock(OperatorBlock):
-    """Non-local block (Wang et al. 2018): z = BN(W_z y) + x, with y_i = 1/C(x) Σ_j f(θ(x_i), φ(x_j)) g(x_j).
-    Input (B, C, T, H, W) or (B, C, H, W); while recording, keeps `attn` of shape (B, T, H, W, T', H', W')."""
+    """Non-local block (Wang et al. 2018, Eq. 6): z = BN(W_z y) + x, with y_i = 1/C(x) Σ_j f(θ(x_i), φ(x_j)) g(x_j) (Eq. 1).
+    Input (B, C, T, H, W) or (B, C, H, W); while recording, keeps `attn` of shape (B, T, H, W, T', H', W').
+    `backend='auto'` takes SDPA's flash kernel where it applies and holds less for backward than the N×M weights
+    (softmax forms, one width for θ, φ, g, at least as many keys as that width), einsum otherwise and always while recording."""
     def __init__(self, channels: int, inner: int | None = None, mode: str = 'embedded_gaussian', scale=True,
-                 subsample: bool = True, norm: bool = True, zero_init: bool = True, backend: str = 'einsum'):
+                 subsample: bool = True, norm: bool = True, zero_init: bool = True, backend: str = 'auto'):
         super().__init__()
         _check_mode(mode)
-        if backend not in ('einsum', 'sdpa'): raise ValueError(f"unknown backend {backend!r}; choose 'einsum' or 'sdpa'")
+        if backend not in BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         if backend == 'sdpa' and mode not in SOFTMAX_MODES:
-            raise ValueError(f"backend='sdpa' computes softmax attention only; mode={mode!r} needs backend='einsum'")
+            raise ValueError(f"backend='sdpa' computes softmax attention only; mode={mode!r} needs backend='einsum' or 'auto'")
         self.channels, self.mode, self.backend = channels, mode, backend
         self.inner = inner = inner or max(channels // 2, 1)
         key_dim = channels if mode == 'gaussian' else inner
@@ -83,21 +102,28 @@ class NLBlock(OperatorBlock):
         self.pool = nn.MaxPool3d((1, 2, 2), stride=(1, 2, 2), ceil_mode=True) if subsample else nn.Identity()
         self.out, self.bn = output_projection(inner, channels, norm, zero_init)   # W_z, then BN with γ = 0: identity at init
 
+    def use_sdpa(self, q, k, v) -> bool:
+        "Whether this call goes to SDPA: q (B, N, D), k (B, M, D), v (B, M, D')."
+        if self.recording or self.backend == 'einsum' or self.mode not in SOFTMAX_MODES: return False
+        if self.backend == 'sdpa': return True
+        return q.shape[-1] == v.shape[-1] and k.shape[1] >= q.shape[-1]   # flash holds O(N·D) instead of the N×M weights
+
     def forward(self, x):
         x5, was_image = to_video(x, 'NLBlock input')
         check_channels(x5, self.channels, 'NLBlock')
-        T, H, W = x5.shape[2:]
+        B, _, T, H, W = x5.shape
         pooled = self.pool(x5)
-        if self.mode == 'gaussian': q, k = _tokens(x5), _tokens(pooled)
-        else: q, k = _tokens(self.theta(x5)), _tokens(self.phi(pooled))
-        v = _tokens(self.g(pooled))
-        if self.backend == 'sdpa' and not self.recording:
-            y = nl_attend(q, k, v, self.mode, self.scale, backend='sdpa')
+        if self.mode == 'gaussian': q, k, v = _tokens(x5), _tokens(pooled), _tokens(self.g(pooled))
+        else:                                                  # φ and g read the pooled input once, as one convolution
+            kv = F.conv3d(pooled, torch.cat([self.phi.weight, self.g.weight]), torch.cat([self.phi.bias, self.g.bias]))
+            q, (k, v) = _tokens(self.theta(x5)), _tokens(kv).split(self.inner, dim=-1)
+        if self.use_sdpa(q, k, v):
+            y = nl_attend(q, k, v, self.mode, self.scale, backend='sdpa', channels_first=True)
         else:
-            y, A = nl_attend(q, k, v, self.mode, self.scale, self.w_f, return_weights=True)
+            y, A = nl_attend(q, k, v, self.mode, self.scale, self.w_f, return_weights=True, channels_first=True)
             self.keep(attn=rearrange(A, 'b (t h w) (u i j) -> b t h w u i j', t=T, h=H, w=W,
                                      u=pooled.shape[2], i=pooled.shape[3], j=pooled.shape[4]))
-        y = rearrange(y, 'b (t h w) c -> b c t h w', t=T, h=H, w=W)
+        y = rearrange(y, 'b c (t h w) -> b c t h w', t=T, h=H, w=W)          # (B, C', N) is contiguous: a view
         return from_video(x5 + self.bn(self.out(y)), was_image)
 
 # %% ../../nbs/01_nonlocal.ipynb #30c47557
@@ -127,8 +153,8 @@ class SEBlock(OperatorBlock):
         return from_video(x5 * rearrange(s, 'b c -> b c 1 1 1'), was_image)
 
 # %% ../../nbs/01_nonlocal.ipynb #efa6c9b3
-register('nl', NLBlock, doc='non-local block, embedded Gaussian, official scale (Wang et al. 2018)')
-register('nl_gaussian', NLBlock, mode='gaussian', doc='non-local block, Gaussian on the raw input')
-register('nl_dot', NLBlock, mode='dot', doc='non-local block, dot product / N')
-register('nl_concat', NLBlock, mode='concat', doc='non-local block, concatenation + ReLU / N')
+register('nl', NLBlock, doc='non-local block, embedded Gaussian (Eq. 3), official scale (Wang et al. 2018)')
+register('nl_gaussian', NLBlock, mode='gaussian', doc='non-local block, Gaussian (Eq. 2) on the raw input, with the C^-1/2 scale (scale=False: the paper)')
+register('nl_dot', NLBlock, mode='dot', doc='non-local block, dot product / N (Eq. 4)')
+register('nl_concat', NLBlock, mode='concat', doc='non-local block, concatenation + ReLU / N (Eq. 5)')
 register('se', SEBlock, channels=64, doc='squeeze-and-excitation (Hu et al. 2018)');  # 64 channels: 4 hidden units at r = 16
