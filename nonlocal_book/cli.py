@@ -13,9 +13,9 @@ from .models.backbones import _wants_T
 
 # %% auto #0
 __all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'SPLIT_NAMES', 'build_operator', 'operator_table', 'format_table', 'demo',
-           'saved_bytes', 'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model',
-           'parse_options', 'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train', 'load_run',
-           'evaluate_run', 'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset']
+           'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model', 'parse_options',
+           'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train', 'load_run', 'evaluate_run',
+           'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
 def _sync(device):
@@ -88,14 +88,7 @@ def demo(operators: Param("comma-separated operator names (default: every regist
     print(format_table(rows))
 
 # %% ../nbs/31_cli.ipynb #e5be723f
-def saved_bytes(fn):
-    "(output of `fn()`, bytes of the tensors autograd keeps for the backward pass, each storage counted once)."
-    seen = {}
-    def pack(t):
-        s = t.untyped_storage(); seen[(s.data_ptr(), s.nbytes())] = s.nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): y = fn()
-    return y, sum(seen.values())
+from .results.measure import saved_bytes   # the measuring chapter's: each saved storage counted once
 
 def bench_operator(name: str, channels: int = 256, frames: int = 8, size: int = 14, batch: int = 2, reps: int = 5,
                    device: str = 'cpu', amp: str = 'none', backward: bool = True, seed: int = 0) -> dict:
@@ -151,7 +144,8 @@ def bench(operators: Param("comma-separated operators to measure (see nlb_demo f
           device: Param("cpu, cuda, cuda:1, ... or auto (a GPU when there is one)", str) = 'auto',
           amp: Param("autocast dtype: none, bf16 or fp16", str) = 'none',
           forward_only: Param("time the forward pass only (no backward, no memory)", store_true) = False,
-          seed: Param("random seed", int) = 0):
+          seed: Param("random seed", int) = 0,
+          against: Param("'official': time each operator against a plain transcription of its official code (benchmarks chapter)", str) = ''):
     "Benchmark operators as blocks on one feature map: time (forward, forward+backward), memory, and ratios to a baseline."
     from nonlocal_book.train.learner import AMP
     names = [n.strip() for n in operators.split(',') if n.strip()]
@@ -163,10 +157,24 @@ def bench(operators: Param("comma-separated operators to measure (see nlb_demo f
     dev = default_device() if device == 'auto' else device
     try: dev = torch.device(dev); torch.empty(1, device=dev)
     except (RuntimeError, AssertionError) as e: _usage(f'--device {device}: {str(e).splitlines()[0]}')
+    if against: return _bench_official([n.strip() for n in operators.split(',') if n.strip()], against,
+                                        channels, frames, size, batch, reps, dev, amp, forward_only, seed)
     print(f'{batch}×{channels}×{frames}×{size}×{size} input (B×C×T×H×W) on {dev}, amp {amp}, torch {torch.__version__}, '
           f'median of {reps}; saved MB = what autograd keeps for backward (activations and weights)\n')
     rows = [bench_operator(n, channels, frames, size, batch, reps, str(dev), amp, not forward_only, seed) for n in names]
     print(bench_table(rows, baseline))
+
+def _bench_official(names, against, channels, frames, size, batch, reps, dev, amp, forward_only, seed):
+    from nonlocal_book.results.official import COMPARED, compare, compare_table
+    from nonlocal_book.results.measure import matmul_peak
+    if against != 'official': _usage(f"--against must be 'official' (or left out); got {against!r}")
+    if amp != 'none' or forward_only: _usage('--against official times float32 training steps: drop --amp and --forward-only')
+    missing = [n for n in names if n not in COMPARED]
+    if missing: _usage(f"no official transcription for {missing}; --against official compares {', '.join(COMPARED)}")
+    peak = matmul_peak(1024, 5, dev)
+    print(f'{batch}×{channels}×{frames}×{size}×{size} input on {dev}, float32, torch {torch.__version__}, {torch.get_num_threads()} threads; '
+          f'forward + backward, median of {reps} interleaved; ratios ours / official; %pk = share of a {peak / 1e9:.1f} GFLOP/s matmul\n')
+    print(compare_table([compare(n, batch, channels, frames, size, reps, str(dev), seed) for n in names], peak))
 
 # %% ../nbs/31_cli.ipynb #c9982ddc
 DEFAULT_PLACES = {'nl': 'nl', 'rnl': 'rnl', 'se_rnl': 'rnl', 'rnl_avg': 'rnl', 'rnl_max': 'rnl', 'cgd': 'cgd'}
