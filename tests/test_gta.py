@@ -321,3 +321,23 @@ def test_bfloat16_autocast_and_weights(name):
         with torch.autocast('cpu', dtype=torch.bfloat16): y = blk(x)
     assert torch.isfinite(y).all()
     assert (y.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_spatial_sdpa_is_the_default_equal_and_fused():
+    "SpatialAttention's 'auto' backend is SDPA on 4-D contiguous tokens (the CPU flash kernel), equal to forming the weights."
+    from torch.profiler import profile
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 3, 5, 6, **F64)
+    for p in (1, 2):
+        ein = switch_on(SpatialAttention(16, kv_pool=p, backend='einsum')).double()
+        fused = SpatialAttention(16, kv_pool=p).double(); fused.load_state_dict(ein.state_dict()); fused.eval()
+        assert fused.backend == 'sdpa' and TemporalAttention(16).backend == 'einsum'
+        with torch.no_grad(): torch.testing.assert_close(fused(x), ein(x))
+    q, k = torch.randn(2, 8, 3, 5, 6), torch.randn(2, 8, 3, 3, 3)
+    torch.testing.assert_close(spatial_attend(q, k, k, backend='sdpa'), spatial_attend(q, k, k), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(temporal_attend(q, q, q, backend='sdpa'), temporal_attend(q, q, q), rtol=1e-5, atol=1e-5)
+    with profile() as prof: spatial_attend(q, k, k, backend='sdpa')
+    assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in {e.key for e in prof.key_averages()}
+    with recording(fused) as maps: fused(x)
+    assert maps['']['attn'].shape == (2, 3, 30, 9)                        # recording forms the weights
+    with pytest.raises(ValueError, match='unknown backend'): SpatialAttention(8, backend='flash')

@@ -257,3 +257,71 @@ def test_registered_variants():
     assert build_block('rnl_cosine', 16).f == 'cosine' and build_block('rnl_avg', 16).region.region == 'avg'
     assert build_block('cg_rnl', 16).se.squeeze == 'attention' and build_block('se_rnl', 16).se.squeeze == 'mean'
     assert get_operator('rnl').doc
+
+
+# ---------------------------------------------------------------- F_θ init, layouts, SDPA
+from nonlocal_book.ops.rnl import REGION_INITS, official_region_std
+from torch.profiler import profile
+
+
+def _kernels(fn):
+    "Names of the aten ops `fn` runs (forward and backward)."
+    with profile() as p: fn()
+    return {e.key for e in p.key_averages()}
+
+
+@pytest.mark.parametrize('channels,kernel', [(256, (3, 7, 7)), (512, (3, 3, 3)), (16, (1, 3, 3))])
+def test_region_init_scales(channels, kernel):
+    "'official': the std of xavier on the masked (C', min(32, C'), k) weight; 'pytorch': nn.Conv3d's depthwise default, 1/√(3K)."
+    torch.manual_seed(0)
+    K = kernel[0] * kernel[1] * kernel[2]
+    w = min(32, channels)
+    assert abs(official_region_std(channels, kernel) - (2 / ((w + channels) * K)) ** 0.5) < 1e-12
+    std = {i: RegionAggregation(channels, kernel=kernel, init=i).weight.std().item() for i in REGION_INITS}
+    assert abs(std['official'] / official_region_std(channels, kernel) - 1) < 0.1
+    assert abs(std['pytorch'] * (3 * K) ** 0.5 - 1) < 0.1
+    assert RNLBlock(2 * channels, kernel=kernel).region.init == 'official'
+    with pytest.raises(ValueError, match='unknown region init'): RegionAggregation(channels, init='xavier')
+
+
+def test_official_init_starts_near_uniform_attention():
+    "At the official scale a query's weight on itself is ≈ 1/N at init; at PyTorch's default it is about half (C = 512, post-ReLU)."
+    torch.manual_seed(1)
+    x = torch.relu(torch.randn(1, 512, 2, 8, 8))
+    own = {}
+    for init in REGION_INITS:
+        blk = RNLBlock(512, region_init=init).eval()
+        with recording(blk) as maps, torch.no_grad(): blk(x)
+        own[init] = rearrange(maps['']['attn'][0], 't h w u i j -> (t h w) (u i j)').diagonal().mean().item()
+    assert own['official'] * 128 < 1.5 and own['pytorch'] > 0.3, own
+
+
+def test_region_conv_channels_last_equals_ncdhw():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 5, 7, dtype=torch.float64)
+    w = torch.randn(6, 1, 3, 3, 5, dtype=torch.float64)
+    y = region_aggregate(x, 'conv', (3, 3, 5), w)
+    torch.testing.assert_close(y, F.conv3d(x, w, padding=(1, 1, 2), groups=6))   # the layout changes, the sums do not
+
+
+@pytest.mark.parametrize('subsample', [False, True])
+def test_rnl_sdpa_equals_einsum_and_runs_the_fused_kernel(subsample):
+    "Default 'auto' = SDPA for the Gaussian when not recording: same output and gradients as forming the weights; flash kernel, 4-D."
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 3, 5, 6, dtype=torch.float64)
+    ein = RNLBlock(16, subsample=subsample, backend='einsum').double()
+    with torch.no_grad(): ein.bn.weight.fill_(1.0)
+    fused = RNLBlock(16, subsample=subsample).double(); fused.load_state_dict(ein.state_dict())
+    assert fused.backend == 'sdpa' and RNLBlock(16, f='dot').backend == 'einsum'
+    outs = []
+    for blk in (ein, fused):
+        xi = x.clone().requires_grad_()
+        y = blk(xi); y.square().sum().backward()
+        outs.append((y.detach(), xi.grad, blk.region.weight.grad))
+    for a, b in zip(*outs): torch.testing.assert_close(a, b)
+    fused.float()
+    ops = _kernels(lambda: fused(x.float()))
+    assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in ops, ops
+    with recording(fused) as maps: fused(x.float())
+    assert maps['']['attn'].ndim == 7                                    # recording still forms (and keeps) the weights
+    with pytest.raises(ValueError, match='Gaussian'): RNLBlock(16, f='cosine', backend='sdpa')

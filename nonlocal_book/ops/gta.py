@@ -40,11 +40,19 @@ def self_attention(x, wq, wk, wv, wo, scale=None, backend='einsum', return_weigh
 # %% ../../nbs/06_gta.ipynb #cf3cc77c
 def _scale(d, scale): return d ** -0.5 if scale is None else scale
 
+def _sdpa_4d(q, k, v, pattern, scale, **lengths):
+    """SDPA on 4-D, contiguous (batch, heads, L, d) tokens — the input for which PyTorch picks its fused (flash) kernel,
+    on the CPU too (3-D or strided input falls back to the math kernel, which forms the L×L matrix); back to video, contiguous."""
+    tok = lambda z: rearrange(z, f'b c t h w -> {pattern}').contiguous()
+    A = F.scaled_dot_product_attention(tok(q), tok(k), tok(v), scale=scale)
+    return rearrange(A, f'{pattern} -> b c t h w', **lengths).contiguous()
+
 def spatial_attend(q, k, v, scale=None, backend='einsum', return_weights=False):
     """Eq. 3's A_s(t) = softmax(Q_s(t) K_s(t)ᵀ / √d) V_s(t) for every frame t: attention among the H·W positions of a frame.
     q (B, d, T, H, W); k (B, d, T, H', W') and v (B, e, T, H', W') on the same or a coarser (pooled) grid -> (B, e, T, H, W);
     weights (B, T, HW, H'W')."""
     B, _, T, H, W = q.shape
+    if backend == 'sdpa' and not return_weights: return _sdpa_4d(q, k, v, 'b t (h w) c', _scale(q.shape[1], scale), h=H, w=W)
     tok = lambda z: rearrange(z, 'b c t h w -> (b t) (h w) c')
     out = nl_attend(tok(q), tok(k), tok(v), scale=_scale(q.shape[1], scale), backend=backend, return_weights=return_weights)
     A, M = out if return_weights else (out, None)
@@ -55,6 +63,7 @@ def temporal_attend(q, k, v, scale=None, backend='einsum', return_weights=False)
     """Eq. 4's A_t(i,j) = softmax(Q_t(i,j) K_t(i,j)ᵀ / √d) V_t(i,j) at every position (i, j): attention among the T frames.
     q, k (B, d, T, H, W), v (B, e, T, H, W) -> (B, e, T, H, W); weights (B, H, W, T, T)."""
     B, _, T, H, W = q.shape
+    if backend == 'sdpa' and not return_weights: return _sdpa_4d(q, k, v, 'b (h w) t c', _scale(q.shape[1], scale), h=H, w=W)
     tok = lambda z: rearrange(z, 'b c t h w -> (b h w) t c')
     out = nl_attend(tok(q), tok(k), tok(v), scale=_scale(q.shape[1], scale), backend=backend, return_weights=return_weights)
     A, M = out if return_weights else (out, None)
@@ -89,6 +98,11 @@ def temporal_literal(q, k, v, scale=None):
 # %% ../../nbs/06_gta.ipynb #018b66ad
 def _proj(cin, cout): return nn.Conv3d(cin, cout, 1, bias=False)
 
+def _backend(backend, auto):
+    "'auto' -> the backend measured faster and no larger for this block (`auto`); else 'einsum' or 'sdpa' as given."
+    if backend not in ('auto', 'einsum', 'sdpa'): raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'einsum' or 'sdpa'")
+    return auto if backend == 'auto' else backend
+
 def _inner(channels, inner): return inner or max(channels // 4, 1)
 
 def pool_size(kv_pool) -> tuple:
@@ -111,11 +125,12 @@ def kv_pool_literal(z, kv_pool=2):
 class SpatialAttention(OperatorBlock):
     """Eq. 3: Y_s(t) = X(t) + BN(A_s(t) W_O^s), self-attention among the H·W positions of each frame t.
     `kv_pool=(p_h, p_w)` (or p) max-pools keys and values p_h × p_w within each frame after their projections (1: every key).
-    While recording, keeps `attn` (B, T, HW, H'W') over the pooled keys."""
-    def __init__(self, channels: int, inner: int | None = None, norm: bool = True, zero_init: bool = True, backend: str = 'einsum',
+    `backend='auto'` is 'sdpa' (the fused kernel, no HW×H'W' matrix kept) except while recording. While recording, keeps
+    `attn` (B, T, HW, H'W') over the pooled keys."""
+    def __init__(self, channels: int, inner: int | None = None, norm: bool = True, zero_init: bool = True, backend: str = 'auto',
                  kv_pool=2):
         super().__init__()
-        self.channels, self.inner, self.backend, self.kv_pool = channels, _inner(channels, inner), backend, pool_size(kv_pool)
+        self.channels, self.inner, self.backend, self.kv_pool = channels, _inner(channels, inner), _backend(backend, 'sdpa'), pool_size(kv_pool)
         self.q, self.k, self.v = (_proj(channels, self.inner) for _ in range(3))
         self.pool = (nn.Identity() if self.kv_pool == (1, 1) else
                      nn.MaxPool3d((1, *self.kv_pool), stride=(1, *self.kv_pool), ceil_mode=True))
@@ -142,12 +157,13 @@ def sinusoidal_encoding(T: int, channels: int, device=None, dtype=None) -> torch
 
 class TemporalAttention(OperatorBlock):
     """Eq. 4: Y_t(i,j) = Y_s(i,j) + BN(A_t(i,j) W_O^t), self-attention among the T frames at each position (i, j).
-    `pos_enc='sine'` adds a sinusoidal encoding of the frame index to the tokens first (TAPE). While recording, keeps `attn` (B, H, W, T, T)."""
+    `pos_enc='sine'` adds a sinusoidal encoding of the frame index to the tokens first (TAPE). `backend='auto'` is 'einsum'
+    (T×T attentions: SDPA was faster but kept more for backward). While recording, keeps `attn` (B, H, W, T, T)."""
     def __init__(self, channels: int, inner: int | None = None, pos_enc: str | None = None, norm: bool = True,
-                 zero_init: bool = True, backend: str = 'einsum'):
+                 zero_init: bool = True, backend: str = 'auto'):
         super().__init__()
         if pos_enc not in (None, 'sine'): raise ValueError(f"unknown pos_enc {pos_enc!r}; choose None or 'sine'")
-        self.channels, self.inner, self.pos_enc, self.backend = channels, _inner(channels, inner), pos_enc, backend
+        self.channels, self.inner, self.pos_enc, self.backend = channels, _inner(channels, inner), pos_enc, _backend(backend, 'einsum')
         self.q, self.k, self.v = (_proj(channels, self.inner) for _ in range(3))
         self.out = output_projection(self.inner, channels, norm, zero_init)   # W^O, then BN with γ = 0
 
@@ -171,7 +187,7 @@ class DNLBlock(OperatorBlock):
     self-attention at each position. `pos_enc='sine'` makes it TAPE; `spatial=False` keeps only the temporal block;
     `kv_pool` is the spatial block's key/value pooling (2: 2×2, as Table 6's FLOPs imply; 1: every key)."""
     def __init__(self, channels: int, inner: int | None = None, pos_enc: str | None = None, spatial: bool = True,
-                 norm: bool = True, zero_init: bool = True, backend: str = 'einsum', kv_pool=2):
+                 norm: bool = True, zero_init: bool = True, backend: str = 'auto', kv_pool=2):
         super().__init__()
         self.channels = channels
         self.spatial = SpatialAttention(channels, inner, norm, zero_init, backend, kv_pool) if spatial else nn.Identity()
@@ -321,7 +337,7 @@ class GTABlock(OperatorBlock):
     (Eq. 5–8) with learned T×T matrices over pixels and regions. Built for a fixed clip length `T`; `kv_pool` as in `DNLBlock`."""
     def __init__(self, channels: int, T: int = 8, inner: int | None = None, groups: int = 8, regions: int | None = None,
                  pixel: bool = True, region: bool = True, spatial: bool = True, m_init: str = 'random',
-                 region_norm: str = 'softmax', norm: bool = True, zero_init: bool = True, backend: str = 'einsum', kv_pool=2):
+                 region_norm: str = 'softmax', norm: bool = True, zero_init: bool = True, backend: str = 'auto', kv_pool=2):
         super().__init__()
         self.channels, self.T = channels, T
         self.spatial = SpatialAttention(channels, inner, norm, zero_init, backend, kv_pool) if spatial else nn.Identity()
