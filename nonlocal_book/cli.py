@@ -557,7 +557,7 @@ def load_run(out='runs/train', clips: int = 1, data: str = '', crops: int = 1) -
     except (FileNotFoundError, CheckpointError) as e:
         prev = previous_path(out / 'last.pt')
         try: st = read_checkpoint(prev)
-        except (FileNotFoundError, CheckpointError): raise UsageError(f'{e}; nlb_train --resume with the run\'s options rebuilds it') from None
+        except (FileNotFoundError, CheckpointError): raise UsageError(f'{e}, and there is no previous checkpoint to fall back to') from None
         print(f"{e}: evaluating the previous checkpoint {prev} (epoch {st['epoch']}, step {st['batch']}) instead", file=sys.stderr)
     _, valid_ds, what = load_data(data or cfg['data'], cfg['frames'], cfg['stride'], cfg['seed'], clips=clips,
                                   videos='' if data else cfg.get('videos', ''), crop=cfg.get('crop', 112), crops=crops)

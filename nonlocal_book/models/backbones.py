@@ -312,7 +312,9 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
     if needs_T and frames is None:
         raise ValueError(f"operator {name!r} is built for a fixed clip length T: pass frames=<input clip length> "
                          "(each stage's T is derived from it) or T=<T> directly")
-    fitting = size is not None
+    try: fittable = {'s', 'map_size', 'num_frames'} & set(inspect.signature(spec.cls).parameters)
+    except (TypeError, ValueError): fittable = set()
+    fitting = size is not None and bool(fittable)               # only blocks sized by their feature map need the shapes
     shapes = operator_input_shapes(model, frames or 8, size or 32) if needs_T or fitting else {}
     p = next(model.parameters())
     inserted, model.fitted = [], getattr(model, 'fitted', {})
