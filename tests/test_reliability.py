@@ -5,9 +5,10 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
-from nonlocal_book.core import BadItem, collate_good, get_operator, list_operators, seed_everything
-from nonlocal_book.train.learner import (Callback, CheckpointCB, CheckpointError, Learner, MetricsCB, ToyClips, UnreadableData,
-                                         atomic_save, previous_path, read_checkpoint, read_history, stale_temporaries, toy_model)
+import nonlocal_book.core as core
+import nonlocal_book.train.learner as L                   # new names are read as L.name: on older code each test fails alone
+from nonlocal_book.core import get_operator, list_operators, seed_everything
+from nonlocal_book.train.learner import Callback, CheckpointCB, Learner, MetricsCB, ToyClips, atomic_save, read_history, toy_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cli import ENV, ROOT, cli, stub                                   # noqa: E402
@@ -57,8 +58,8 @@ def test_a_bad_validation_video_is_not_replaced_by_its_neighbour(tmp_path, tiny_
     va = synthetic_dataset(tmp_path / 'set', 'val', frames=4, stride=2)
     i = [Path(it.path).name for it in va.items].index(Path(bad[0]).name)
     got = [va[j] for j in range(len(va))]
-    assert isinstance(got[i], BadItem) and sum(isinstance(g, BadItem) for g in got) == 1     # not another video
-    batch, report = collate_good(got)
+    assert isinstance(got[i], core.BadItem) and sum(isinstance(g, core.BadItem) for g in got) == 1     # not another video
+    batch, report = core.collate_good(got)
     assert len(batch[1]) == len(va) - 1 and [b.index for b in report] == [i]
 
 
@@ -67,7 +68,7 @@ def test_every_video_bad_says_how_many_there_are(tmp_path):
     for i in range(3): (tmp_path / f'{i}.mp4').write_bytes(b'junk' * 20)
     ds = VideoDataset([(tmp_path / f'{i}.mp4', 0) for i in range(3)], frames=2, stride=1)
     learn = Learner(toy_model(), ds, ds, batch_size=4, device='cpu')
-    with pytest.raises(UnreadableData, match='3 of 3 training videos are unreadable'): learn.fit()
+    with pytest.raises(L.UnreadableData, match='3 of 3 training videos are unreadable'): learn.fit()
 
 
 # --- a batch of one clip ----------------------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def test_a_training_set_of_size_1_mod_the_batch_trains(tmp_path, op):
     learn = Learner(model, Clips(9), Clips(3), batch_size=4, epochs=1, device='cpu', cbs=[CheckpointCB(tmp_path)])
     assert learn.steps_per_epoch == 2                     # 9 = 2·4 + 1: the one-clip batch is dropped
     learn.fit()
-    assert read_checkpoint(tmp_path / 'last.pt')['epoch'] == 1
+    assert L.read_checkpoint(tmp_path / 'last.pt')['epoch'] == 1
 
 
 def test_a_crash_before_any_checkpoint_does_not_point_to_one(tmp_path, capsys):
@@ -109,14 +110,14 @@ def toy(folder, epochs=2, cbs=(), **ckpt):
 def test_a_damaged_checkpoint_is_one_line_and_falls_back_to_the_previous(tmp_path, damage, capsys):
     toy(tmp_path).fit()                                   # two epochs: last.pt (epoch 2) and last.prev.pt (epoch 1)
     last = tmp_path / 'last.pt'
-    assert previous_path(last).exists()
+    assert L.previous_path(last).exists()
     data = last.read_bytes()
     last.write_bytes({'empty': b'', 'truncated': data[: len(data) // 2], 'random': os.urandom(5000)}[damage])
-    with pytest.raises(CheckpointError) as e: read_checkpoint(last)
+    with pytest.raises(L.CheckpointError) as e: L.read_checkpoint(last)
     msg = str(e.value)
     assert '\n' not in msg and 'weights_only=False' not in msg and str(last) in msg
     learn = toy(tmp_path, epochs=3).load(last)
-    assert learn.loaded_from == previous_path(last) and learn.epoch == 1
+    assert learn.loaded_from == L.previous_path(last) and learn.epoch == 1
     assert 'resuming from the previous checkpoint' in capsys.readouterr().err
 
 
@@ -132,11 +133,11 @@ def test_the_cli_gives_one_line_for_a_damaged_checkpoint(tmp_path, tiny_set):
 def test_no_temporary_file_outlives_a_failed_or_killed_write(tmp_path, monkeypatch):
     (tmp_path / '.last.pt.tmp12345').write_bytes(b'half a checkpoint')       # a kill -9 during the write
     toy(tmp_path, epochs=1).fit()
-    assert stale_temporaries(tmp_path) == []
+    assert L.stale_temporaries(tmp_path) == []
     def broken_save(obj, f): f.write(b'x'); raise OSError('disk full')
     monkeypatch.setattr(torch, 'save', broken_save)
     with pytest.raises(OSError): atomic_save({'a': 1}, tmp_path / 'last.pt')
-    assert stale_temporaries(tmp_path) == [] and read_checkpoint(tmp_path / 'last.pt')['epoch'] == 1
+    assert L.stale_temporaries(tmp_path) == [] and L.read_checkpoint(tmp_path / 'last.pt')['epoch'] == 1
 
 
 KILL_AFTER_METRICS = '''
@@ -170,7 +171,7 @@ def test_checkpoints_are_time_based_by_default(tmp_path):
             if self.learn.batch == 2: raise RuntimeError('killed')   # mid-step: the after_fit save is skipped
     learn = toy(tmp_path, epochs=1, cbs=[BoomAt()], minutes=1e-9)
     with pytest.raises(RuntimeError): learn.fit()
-    assert read_checkpoint(tmp_path / 'last.pt')['batch'] == 2
+    assert L.read_checkpoint(tmp_path / 'last.pt')['batch'] == 2
 
 
 def test_resume_of_a_finished_run_keeps_its_results(tmp_path, tiny_set):
@@ -232,7 +233,7 @@ def test_the_documented_torchrun_command_works(tmp_path, tiny_set):
                         '--out', str(tmp_path / 'run'), '--epochs', '1', '--batch_size', '2', *TINY], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert read_checkpoint(tmp_path / 'run' / 'last.pt')['world'] == 2
+    assert L.read_checkpoint(tmp_path / 'run' / 'last.pt')['world'] == 2
     doc = json.loads((ROOT / 'nbs' / '32_distributed.ipynb').read_text())
     assert any('torchrun --nproc_per_node 2 --no-python nlb_train' in ''.join(c['source']) for c in doc['cells'])
 
