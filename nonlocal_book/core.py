@@ -14,8 +14,8 @@ from einops import rearrange, einsum
 # %% auto #0
 __all__ = ['EXAMPLE_VIDEOS', 'OPERATORS', 'to_video', 'from_video', 'check_channels', 'nonlocal_literal', 'count_params',
            'count_macs', 'softmax32', 'seed_everything', 'default_device', 'BadItem', 'collate_good', 'example_video',
-           'read_frames', 'OperatorBlock', 'recording', 'output_projection', 'OpSpec', 'register', 'load_operators',
-           'list_operators', 'get_operator', 'build_block', 'show_maps', 'plot_curves']
+           'read_frames', 'autocast_on', 'OperatorBlock', 'recording', 'output_projection', 'OpSpec', 'register',
+           'load_operators', 'list_operators', 'get_operator', 'build_block', 'show_maps', 'plot_curves']
 
 # %% ../nbs/00_notation.ipynb #e3f4cfdf
 def to_video(x: torch.Tensor, name: str = 'input'):
@@ -131,12 +131,17 @@ def read_frames(path: str, indices=(0,), size=None) -> torch.Tensor:
     return F.interpolate(x, size=size, mode='bilinear', antialias=True, align_corners=False) if size else x
 
 # %% ../nbs/00_notation.ipynb #63611c1d
+def autocast_on(device_type: str) -> bool:
+    "Whether autocast is enabled for `device_type` (False for device types autocast does not know, e.g. 'meta')."
+    try: return torch.is_autocast_enabled(device_type)
+    except RuntimeError: return False
+
 def _check_input_dtype(module, args):
     "Forward pre-hook of every block: a floating input of another dtype than the weights is refused in one line (outside autocast)."
     x = args[0] if args else None
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type): return
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point(): return
     p = next(module.parameters(), None)
-    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
+    if p is not None and p.is_floating_point() and p.dtype != x.dtype and not autocast_on(x.device.type):
         raise TypeError(f"{type(module).__name__} has {p.dtype} weights but got {x.dtype} input: pass x.to({p.dtype}), "
                         f"or convert the block with .to({x.dtype})")
 

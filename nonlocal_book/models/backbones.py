@@ -170,7 +170,7 @@ class VideoResNet(nn.Module):
         x, _ = to_video(x, 'VideoResNet input')
         check_channels(x, self.stem[0].in_channels, 'VideoResNet')
         w = self.stem[0].weight
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != w.dtype and not autocast_on(x.device.type):
             raise TypeError(f"VideoResNet has {w.dtype} weights but got {x.dtype} input: pass x.to({w.dtype}), or convert the model with .to({x.dtype})")
         if self.config['temporal_pool'] and x.shape[2] < 2:
             raise ValueError(f"this backbone max-pools time by 2 after res2, so it needs at least 2 frames (got T={x.shape[2]}); "
