@@ -12,9 +12,10 @@ from .core import *
 from .models.backbones import _wants_T
 
 # %% auto #0
-__all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'SPLIT_NAMES', 'build_operator', 'operator_table', 'format_table', 'demo',
-           'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model', 'parse_options',
-           'operator_weight_decay', 'load_data', 'results_table', 'run_training', 'train', 'load_run', 'evaluate_run',
+__all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'PATH_OPTIONS', 'SPLIT_NAMES', 'build_operator', 'operator_table',
+           'format_table', 'demo', 'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model',
+           'parse_options', 'operator_weight_decay', 'load_data', 'results_table', 'resolve_saved_paths', 'input_size',
+           'pick_threads', 'describe_fitted', 'has_checkpoint', 'run_training', 'train', 'load_run', 'evaluate_run',
            'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
@@ -210,11 +211,14 @@ def _load_pretrained(model, pretrained, depth):
     except (KeyError, RuntimeError) as e: raise UsageError(f'--pretrained {pretrained}: {e}')
 
 def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width: int = 8, frames: int = 8,
-                preset: str = '', seed: int = 0, dropout: float = 0.0, depth: int = 0, pretrained: str = '', options: dict | None = None):
+                preset: str = '', seed: int = 0, dropout: float = 0.0, depth: int = 0, pretrained: str = '', options: dict | None = None,
+                size: int = 32):
     """A video ResNet with operator `op` at `preset`'s places (default: its paper's, else NL's); 'none' for none.
     `depth` 0 is the small CPU ResNet (`tiny_resnet`, `width` channels); 18/34/50/101/152 a full one (`video_resnet`),
     initialised from ImageNet when `pretrained` is 'imagenet' (torchvision) or a state-dict file; `options` go to every
-    inserted block's constructor (e.g. {'s': 4} for BAT). Returns (model, places)."""
+    inserted block's constructor (e.g. {'s': 4} for BAT); options a block needs to fit the `size`-pixel input at its place
+    (BAT's block size, CGD's map size, a clip length) and that `options` leave open are chosen there (`model.fitted` says
+    which). Returns (model, places)."""
     from nonlocal_book.models.backbones import insert_preset, PRESETS, KINDS
     if backbone not in KINDS: raise UsageError(f"--backbone must be one of {', '.join(KINDS)}, got {backbone!r}")
     seed_everything(seed)
@@ -224,7 +228,13 @@ def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width:
     if op not in list_operators(): raise UsageError(f"unknown operator {op!r}; choose 'none' or one of: {', '.join(list_operators())}")
     place = preset or DEFAULT_PLACES.get(op, 'nl')
     if place not in PRESETS: raise UsageError(f"unknown preset {place!r}; presets: {', '.join(PRESETS)}")
-    try: return model, insert_preset(model, place, op=op, frames=frames, **(options or {}))
+    from nonlocal_book.models.backbones import STAGES
+    common, per_stage = {}, {}
+    for k, v in (options or {}).items():                    # 'res4.map_size=8': an option for one stage's blocks
+        stage, dot, key = k.partition('.')
+        if dot and stage in STAGES: per_stage.setdefault(stage, {})[key] = v
+        else: common[k] = v
+    try: return model, insert_preset(model, place, op=op, frames=frames, size=size, stage_options=per_stage or None, **common)
     except ValueError as e: raise UsageError(f"cannot put {op} at the {place!r} places of this backbone: {e}")
     except TypeError as e: raise UsageError(f"--op_options {options}: {e}")
 
@@ -282,9 +292,11 @@ def load_data(data: str = '', frames: int = 8, stride: int = 2, seed: int = 0, c
     raise UsageError(f"--data {data}: expected 'synthetic', a synthetic set folder, or a folder with train.csv and val.csv (nlb_subset writes one)")
 
 def results_table(rows) -> str:
-    "The end-of-training table (one row per run)."
+    "The end-of-training table (one row per run); a 'bad videos' column when a row counted unreadable videos."
     cols = [('operator', 12, 's'), ('backbone', 9, 's'), ('params', 11, ',d'), ('MMACs/clip', 11, '.1f'),
             ('clip top-1', 11, '.3f'), ('video top-1', 12, '.3f'), ('clips/s', 9, '.1f'), ('minutes', 8, '.1f')]
+    if any(r.get('bad videos') for r in rows): cols.append(('bad videos', 11, 'd'))
+    rows = [{'bad videos': 0, **r} for r in rows]
     head = ''.join(f'{c:>{w}}' for c, w, _ in cols)
     return '\n'.join([head, '-' * len(head)] + [''.join(f'{r[c]:>{w}{f}}' for c, w, f in cols) for r in rows])
 
@@ -292,51 +304,148 @@ def results_table(rows) -> str:
 def _usage(e):
     print(f'error: {e}', file=sys.stderr); sys.exit(2)
 
+PATH_OPTIONS = ('data', 'videos', 'pretrained')
+
+def _absolute(key, value) -> str:
+    "A path option as an absolute path, so a run folder works from any directory ('synthetic', 'imagenet' and '' stay)."
+    if not value or value in ('synthetic', 'imagenet'): return value
+    return str(Path(value).expanduser().resolve())
+
+def resolve_saved_paths(cfg: dict, out) -> dict:
+    """The path options of a saved config.json as absolute paths. Runs saved before paths were stored absolute hold them
+    relative to the directory they were started in: that is looked for here and above the run folder; else a clear error."""
+    cfg, out = dict(cfg), Path(out).resolve()
+    for key in PATH_OPTIONS:
+        v = cfg.get(key, '')
+        if not v or v in ('synthetic', 'imagenet') or Path(v).expanduser().is_absolute(): continue
+        for base in (Path.cwd(), *out.parents):
+            if (base / v).exists(): cfg[key] = str((base / v).resolve()); break
+        else:
+            raise UsageError(f"{out / 'config.json'} names --{key} {v!r} relative to the directory the run was started in, "
+                             f"and it is not found from here or above {out}: run from that directory or pass --{key} <absolute path>")
+    return cfg
+
+def input_size(data: str = '', crop: int = 112, synthetic_size: int = 32) -> int:
+    "Side in pixels of the clips `data` gives: the synthetic set's frame size, else the crop of Kinetics-format data."
+    if data in ('', 'synthetic'): return synthetic_size
+    meta = Path(data).expanduser() / 'synthetic.json'
+    if meta.exists(): return int(json.loads(meta.read_text())['params']['size'])
+    return crop
+
+def pick_threads(threads: int = 0) -> int:
+    """Intra-op threads for training: `threads` if > 0; else $OMP_NUM_THREADS when set (torchrun sets 1); else half the
+    CPU cores this process may use (at least 1). Next to another CPU job torch's default (every core) collapses: see the text."""
+    if threads > 0: return threads
+    if os.environ.get('OMP_NUM_THREADS', '').isdigit() and int(os.environ['OMP_NUM_THREADS']) > 0: return int(os.environ['OMP_NUM_THREADS'])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 2)
+    return max(1, cores // 2)
+
+def _first_readable(ds):
+    "(index, item) of the first item of `ds` that is not a `BadItem` (None, None if every one is)."
+    for i in range(len(ds)):
+        item = ds[i]
+        if not isinstance(item, BadItem): return i, item
+    return None, None
+
+def _check_span(ds, frames, stride, synthetic: bool):
+    "Refuse (synthetic set: every video has the same length) or warn (Kinetics) when a clip spans more frames than a video has."
+    from nonlocal_book.data.video import video_info, VideoDecodeError
+    span = (frames - 1) * stride + 1
+    for it in ds.items[:3]:
+        try: n = video_info(it.path, ds.backend).num_frames; break
+        except VideoDecodeError: continue
+    else: return
+    if span <= n: return
+    fit = (n - 1) // stride + 1
+    msg = (f"--frames {frames} at --stride {stride} spans {span} frames but the videos have {n}: each clip would loop its "
+           f"video {span / n:.1f}×; use --frames <= {fit} at --stride {stride}" + (f", or --stride 1 with --frames <= {n}" if stride > 1 else ''))
+    if synthetic: raise UsageError(msg)
+    print(f'warning: {msg} (short videos are looped)', file=sys.stderr)
+
+def _gather_bad(learn) -> dict:
+    "Unreadable videos met by every rank: {'train': {path: reason}, 'valid': {...}}."
+    import torch.distributed as dist
+    bad = {k: dict(v) for k, v in learn.bad.items()}
+    if learn.world > 1:
+        parts = [None] * learn.world; dist.all_gather_object(parts, bad)
+        bad = {k: {p: r for part in parts for p, r in part[k].items()} for k in bad}
+    return bad
+
+def describe_fitted(fitted: dict) -> str:
+    "`model.fitted` ({place: {option: value}}) in one line, stage by stage, with the option that overrides it."
+    by = {}
+    for place, fit in fitted.items():
+        for k, v in fit.items(): by.setdefault(f'{k}={v}'.replace(' ', ''), []).append(place.split('.')[0])
+    parts = [f"{kv} in {', '.join(dict.fromkeys(stages))}" for kv, stages in by.items()]
+    return '; '.join(parts) + ' (the defaults do not fit there; --op_options key=value or res4.key=value chooses)'
+
+def has_checkpoint(out) -> bool:
+    "Whether run folder `out` holds a checkpoint (last.pt, or the previous one a kill mid-rotation left alone)."
+    from nonlocal_book.train.learner import previous_path
+    return (Path(out) / 'last.pt').exists() or previous_path(Path(out) / 'last.pt').exists()
+
 def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8, stride=2, epochs=8, batch_size=16, lr=0.1,
                  warmup=1.0, weight_decay=1e-4, clip_grad=0.0, amp='none', channels_last=False, compile=False, workers=0,
                  out='runs/train', resume=False, seed=0, test_clips=3, progress=True, ckpt_every=0, dropout=0.0,
-                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='', cbs=()):
-    "Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner callbacks."
-    from nonlocal_book.train.learner import Learner, MetricsCB, ProgressCB, CheckpointCB, TrainingInterrupted, plot_history
+                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='', cbs=(),
+                 ckpt_minutes=5.0, threads=0):
+    """Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner
+    callbacks; `threads`: intra-op threads (0: `pick_threads`)."""
+    from nonlocal_book.train.learner import (Learner, MetricsCB, ProgressCB, CheckpointCB, TrainingInterrupted, plot_history,
+                                             CheckpointError)
     from nonlocal_book.train.distributed import setup_distributed, cleanup_distributed
     from nonlocal_book.models.backbones import PRESETS, KINDS
     from nonlocal_book.train.learner import AMP
     # every cheap check first: a typo costs one line, not a data set generation
-    if min(frames, stride, epochs, batch_size, width, test_clips, crop) < 1: raise UsageError('frames, stride, epochs, batch_size, width, test_clips and crop must be >= 1')
+    for name, v in dict(frames=frames, stride=stride, epochs=epochs, batch_size=batch_size, width=width, test_clips=test_clips, crop=crop).items():
+        if v < 1: raise UsageError(f'--{name} must be >= 1, got {v}')
+    for name, v, zero in (('workers', workers, 'load in the main process'), ('ckpt_every', ckpt_every, 'no step-based checkpoints'),
+                          ('ckpt_minutes', ckpt_minutes, 'no time-based checkpoints'), ('threads', threads, 'choose automatically')):
+        if v < 0: raise UsageError(f'--{name} must be >= 0 (0: {zero}), got {v}')
     if lr <= 0: raise UsageError(f'--lr must be positive, got {lr}')
     if backbone not in KINDS: raise UsageError(f"--backbone must be one of {', '.join(KINDS)}, got {backbone!r}")
     if op != 'none' and op not in list_operators(): raise UsageError(f"unknown operator {op!r}; choose 'none' or one of: {', '.join(list_operators())}")
     if preset and preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     if amp not in AMP: raise UsageError(f"--amp must be one of none, bf16, fp16; got {amp!r}")
     if not 0 <= dropout < 1: raise UsageError(f'--dropout must be in [0, 1), got {dropout}')
+    if frames < 2 and backbone in ('c2d', 'i3d'):
+        raise UsageError(f'--backbone {backbone} max-pools time by 2 after res2, so it needs --frames >= 2 (got {frames}); '
+                         'pass --frames 2 or more, or --backbone tsm or r2d (no temporal pooling)')
     _check_pretrained(pretrained, depth)
     options = parse_options(op_options)
-    build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth, options=options)   # it fits the backbone (no weights)
+    size = input_size(data, crop)
+    build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth, options=options, size=size)   # it fits (no weights)
     out = Path(out)
+    data, videos, pretrained = (_absolute(k, v) for k, v in (('data', data), ('videos', videos), ('pretrained', pretrained)))
     config = dict(op=op, preset=preset, backbone=backbone, width=width, data=data, frames=frames, stride=stride, epochs=epochs,
                   batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip_grad=clip_grad, amp=amp, seed=seed,
                   dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos, op_weight_decay=op_weight_decay,
                   op_options=op_options)
     if resume:
-        if not (out / 'last.pt').exists(): raise UsageError(f'--resume: no checkpoint at {out / "last.pt"}; run without --resume to start')
-        saved = json.loads((out / 'config.json').read_text())
+        if not has_checkpoint(out): raise UsageError(f'--resume: no checkpoint at {out / "last.pt"}; run without --resume to start')
+        if not (out / 'config.json').exists(): raise UsageError(f'--resume: {out} has a checkpoint but no config.json; use another --out')
+        saved = resolve_saved_paths(json.loads((out / 'config.json').read_text()), out)
         default = {k: p.default for k, p in inspect.signature(run_training).parameters.items()}   # for runs saved before an option existed
         changed = {k: (saved.get(k, default[k]), v) for k, v in config.items() if k != 'epochs' and saved.get(k, default[k]) != v}
         if changed: raise UsageError(f'--resume with options that differ from the saved run: {changed}; use another --out')
-    elif (out / 'last.pt').exists():
+    elif has_checkpoint(out):
         raise UsageError(f'{out} already holds a run: pass --resume to continue it, or choose another --out')
+    torch.set_num_threads(pick_threads(threads))
     rank, world, device = setup_distributed()
     together = False                    # every rank reaches the end alike: leave the process group together
     try:
         t0 = time.time()
         train_ds, valid_ds, what = load_data(data, frames, stride, seed, clips=test_clips, progress=progress and rank == 0,
                                              videos=videos, crop=crop)
+        _check_span(train_ds, frames, stride, synthetic=(Path(data or '.').expanduser() / 'synthetic.json').exists() or data in ('', 'synthetic'))
         model, places = build_model(op, backbone, len(train_ds.classes), width, frames, preset, seed, dropout, depth,
-                                    '' if resume else pretrained, options)   # a resumed run's weights come from its checkpoint
-        size = train_ds[0][0].shape[-1]
+                                    '' if resume else pretrained, options, size=size)   # a resumed run's weights come from its checkpoint
+        _, first = _first_readable(train_ds)
+        if first is None: raise UsageError(f'none of the {len(train_ds)} training videos of {what} can be read (dataset.verify() lists why)')
+        size = first[0].shape[-1]
         try: macs = count_macs(model, torch.randn(1, 3, frames, size, size))     # also: the operator runs at this size
         except ValueError as e:
-            raise UsageError(f'{op} cannot run on {frames}×{size}×{size} clips in this backbone: {e} (block options: --op_options)')
+            raise UsageError(f'{op} cannot run on {frames}×{size}×{size} clips in this backbone: {e}' + (' (block options: --op_options)' if op != 'none' else ''))
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / 'config.json').write_text(json.dumps(config, indent=1))
@@ -345,27 +454,35 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
             arch = f'tiny ResNet (width {width})' if depth == 0 else f'ResNet-{depth}' + (f' ({pretrained} init)' if pretrained else '')
             print(f'model: {backbone} {arch} + {op} at {places or "nowhere"}: '
                   f'{count_params(model):,} parameters, {macs / 1e6:.1f} MMACs per clip')
-            print(f'device: {device}, {world} process(es); run folder: {out}')
-        cbs = [MetricsCB(out / 'metrics.jsonl'), CheckpointCB(out, every=ckpt_every or None), *cbs]
+            if getattr(model, 'fitted', None): print(f'{op} fitted to {size}×{size} clips: {describe_fitted(model.fitted)}')
+            print(f'device: {device}, {world} process(es), {torch.get_num_threads()} thread(s) each; run folder: {out}')
+        cbs = [MetricsCB(out / 'metrics.jsonl'), CheckpointCB(out, every=ckpt_every or None, minutes=ckpt_minutes), *cbs]
         if progress: cbs.append(ProgressCB())
         overrides = operator_weight_decay(places, op_weight_decay) if op_weight_decay >= 0 else None
         learn = Learner(model, train_ds, valid_ds, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup,
                         weight_decay=weight_decay, wd_overrides=overrides, clip_grad=clip_grad or None, amp=amp,
                         channels_last=channels_last, compile=compile, device=device, num_workers=workers, seed=seed, cbs=cbs)
         if resume:
-            learn.load(out / 'last.pt')
+            try: learn.load(out / 'last.pt')
+            except CheckpointError as e: raise UsageError(f'--resume: {e}')
+            if learn.epoch >= epochs and (out / 'results.json').exists():
+                if rank == 0: print(f'{out} is a finished run ({learn.epoch} epochs): its results are kept; pass --epochs > {learn.epoch} to train on')
+                together = True
+                return json.loads((out / 'results.json').read_text())
             if rank == 0: print(f'resumed at epoch {learn.epoch + 1}, batch {learn.batch}')
         learn.fit()
         final = learn.history[-1] if learn.history else learn.evaluate()
+        bad = _gather_bad(learn)
         row = dict(operator=op, backbone=backbone, params=count_params(model), **{'MMACs/clip': macs / 1e6},
                    **{'clip top-1': final['clip_top1'], 'video top-1': final['video_top1'],
-                      'clips/s': final.get('clips_per_s', float('nan')), 'minutes': (time.time() - t0) / 60})
-        skipped = getattr(train_ds, 'failures', {})
+                      'clips/s': final.get('clips_per_s', float('nan')), 'minutes': (time.time() - t0) / 60},
+                   **{'bad videos': sum(map(len, bad.values()))})
         if rank == 0:
             (out / 'results.json').write_text(json.dumps(row, indent=1))
-            if skipped:
-                (out / 'bad_videos.json').write_text(json.dumps(skipped, indent=1))
-                print(f'{len(skipped)} unreadable training videos were skipped (listed in {out / "bad_videos.json"})')
+            if any(bad.values()):
+                (out / 'bad_videos.json').write_text(json.dumps(bad, indent=1))
+                print(f"{len(bad['train'])} training and {len(bad['valid'])} validation videos are unreadable: left out of training "
+                      f"and of the scores (listed in {out / 'bad_videos.json'})", file=sys.stderr)
             if learn.history:
                 import matplotlib.pyplot as plt        # no backend switch: a notebook calling this keeps its inline plots
                 ax = plot_history(learn.history, f'{op} in {backbone}')
@@ -376,6 +493,7 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
         together = isinstance(e, TrainingInterrupted)               # all ranks stopped after the same step
         raise
     finally: cleanup_distributed(together)
+
 
 @call_parse
 def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'none'", str) = 'nl',
@@ -394,7 +512,7 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
           lr: Param("peak learning rate (SGD, momentum 0.9)", float) = 0.1,
           warmup: Param("epochs of linear warm-up before the cosine decay", float) = 1.0,
           weight_decay: Param("weight decay (none on norms and biases)", float) = 1e-4,
-          op_options: Param("options for the operator's constructor, key=value separated by commas (e.g. s=4 or resize=downsample for BAT)", str) = '',
+          op_options: Param("options for the operator's constructor, key=value separated by commas (e.g. s=4 or resize=downsample for BAT; res4.map_size=8: one stage only)", str) = '',
           op_weight_decay: Param("weight decay of the inserted operators' parameters (CGD's code: 4e-5); negative: same as --weight_decay", float) = -1.0,
           clip_grad: Param("clip the gradient norm to this (0: off)", float) = 0.0,
           dropout: Param("dropout before the classifier (BAT's Mini-Kinetics recipe: 0.5)", float) = 0.0,
@@ -407,6 +525,8 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
           seed: Param("random seed (data, init, order)", int) = 0,
           test_clips: Param("clips per video for the video-level accuracy", int) = 3,
           ckpt_every: Param("also checkpoint every N steps (0: once per epoch)", int) = 0,
+          ckpt_minutes: Param("also checkpoint every this many minutes of training, so a kill costs minutes (0: off)", float) = 5.0,
+          threads: Param("CPU threads per process (0: $OMP_NUM_THREADS if set, else half the cores; see the CLI chapter)", int) = 0,
           quiet: Param("no progress bars", store_true) = False):
     "Train a video ResNet with one of the book's operators (a small one on the synthetic set by default) and print a results table."
     try:
@@ -415,29 +535,50 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
                            clip_grad=clip_grad, amp=amp, channels_last=channels_last, compile=compile, workers=workers, out=out,
                            resume=resume, seed=seed, test_clips=test_clips, progress=not quiet, ckpt_every=ckpt_every,
                            dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos,
-                           op_weight_decay=op_weight_decay, op_options=op_options)
+                           op_weight_decay=op_weight_decay, op_options=op_options, ckpt_minutes=ckpt_minutes, threads=threads)
     except UsageError as e: _usage(e)
     except KeyboardInterrupt as e:                      # Ctrl-C or SIGTERM: the Learner stopped after a step and saved it
         from nonlocal_book.train.learner import TrainingInterrupted
         clean = isinstance(e, TrainingInterrupted)
         if int(os.environ.get('RANK', 0)) == 0:
-            print(f"\n{e if clean else 'interrupted in the middle of a step'}. {Path(out) / 'last.pt'} holds "
-                  f"{'this' if clean else 'the last clean'} position: run the same command with --resume to continue.", file=sys.stderr)
+            where = (f"{Path(out) / 'last.pt'} holds {'this' if clean else 'the last clean'} position: run the same command with "
+                     f"--resume to continue." if has_checkpoint(out) else
+                     f"no checkpoint was written yet ({Path(out) / 'last.pt'} does not exist): run the same command again to start over.")
+            print(f"\n{e if clean else 'interrupted in the middle of a step'}. {where}", file=sys.stderr)
         sys.exit(143 if 'SIGTERM' in str(e) else 130)
+    except RuntimeError as e:
+        from nonlocal_book.train.learner import UnreadableData
+        if not isinstance(e, UnreadableData): raise
+        _usage(e)
     if int(os.environ.get('RANK', 0)) == 0: print('\n' + results_table([row]))
 
 def load_run(out='runs/train', clips: int = 1, data: str = '', crops: int = 1) -> tuple:
     """(model, validation set, its description, config) of the run in `out`: the model rebuilt from config.json with the
     checkpoint's weights (weights_only), the data with `clips` clips (× `crops` crops) per video — what `nlb_eval` tests."""
+    from nonlocal_book.train.learner import read_checkpoint, previous_path, CheckpointError
     out = Path(out)
-    if not (out / 'config.json').exists() or not (out / 'last.pt').exists():
+    if not (out / 'config.json').exists() or not has_checkpoint(out):
         raise UsageError(f'{out} holds no finished run (config.json and last.pt); train one with nlb_train --out {out}')
     cfg = json.loads((out / 'config.json').read_text())
+    if not data: cfg = resolve_saved_paths(cfg, out)
+    try: st = read_checkpoint(out / 'last.pt')
+    except (FileNotFoundError, CheckpointError) as e:
+        prev = previous_path(out / 'last.pt')
+        try: st = read_checkpoint(prev)
+        except (FileNotFoundError, CheckpointError): raise UsageError(f'{e}, and there is no previous checkpoint to fall back to') from None
+        print(f"{e}: evaluating the previous checkpoint {prev} (epoch {st['epoch']}, step {st['batch']}) instead", file=sys.stderr)
     _, valid_ds, what = load_data(data or cfg['data'], cfg['frames'], cfg['stride'], cfg['seed'], clips=clips,
                                   videos='' if data else cfg.get('videos', ''), crop=cfg.get('crop', 112), crops=crops)
+    trained = st['model'].get('fc.weight', torch.zeros(len(valid_ds.classes))).shape[0]
+    if trained != len(valid_ds.classes):
+        raise UsageError(f'--data {data or cfg["data"]} has {len(valid_ds.classes)} classes but the run in {out} was trained on '
+                         f'{trained}: test it on data with the same classes')
+    size = input_size(cfg['data'], cfg.get('crop', 112))          # the blocks were fitted to the training input
     model, _ = build_model(cfg['op'], cfg['backbone'], len(valid_ds.classes), cfg['width'], cfg['frames'], cfg['preset'],
-                           cfg['seed'], cfg.get('dropout', 0.0), cfg.get('depth', 0), options=parse_options(cfg.get('op_options', '')))
-    model.load_state_dict(torch.load(out / 'last.pt', map_location='cpu', weights_only=True)['model'])
+                           cfg['seed'], cfg.get('dropout', 0.0), cfg.get('depth', 0), options=parse_options(cfg.get('op_options', '')),
+                           size=size)
+    try: model.load_state_dict(st['model'])
+    except RuntimeError as e: raise UsageError(f'{out}: the checkpoint does not fit the model config.json describes: {str(e).splitlines()[0]}')
     return model, valid_ds, what, cfg
 
 def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: int = 8, crops: int = 1) -> dict:
@@ -446,8 +587,9 @@ def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: 
     if clips < 1: raise UsageError('--clips must be >= 1')
     if crops not in (1, 3): raise UsageError(f'--crops must be 1 (centre) or 3 (along the long side), got {crops}')
     model, valid_ds, what, cfg = load_run(out, clips, data, crops)
+    if batch_size < 1: raise UsageError(f'--batch_size must be >= 1, got {batch_size}')
     learn = Learner(model, valid_ds, valid_ds, batch_size=batch_size, amp=cfg.get('amp', 'none'))
-    return dict(learn.evaluate(), clips=clips, crops=crops, data=what)
+    return dict(learn.evaluate(), clips=clips, crops=crops, data=what, bad=learn.bad['valid'])
 
 @call_parse
 def evaluate(out: Param("run folder written by nlb_train", str) = 'runs/train',
@@ -456,10 +598,13 @@ def evaluate(out: Param("run folder written by nlb_train", str) = 'runs/train',
              data: Param("data to test on (default: the run's own validation split)", str) = '',
              batch_size: Param("videos per batch", int) = 8):
     "Test a trained run with multi-view testing: clip top-1/top-5 and video top-1."
+    from nonlocal_book.train.learner import UnreadableData
     try: r = evaluate_run(out, clips, data, batch_size, crops)
-    except UsageError as e: _usage(e)
+    except (UsageError, UnreadableData) as e: _usage(e)
     print(f"{r['data']}, {r['clips']} clips × {r['crops']} crop(s) per video\n"
           f"clip top-1 {r['clip_top1']:.3f}   clip top-5 {r['clip_top5']:.3f}   video top-1 {r['video_top1']:.3f}   loss {r['valid_loss']:.3f}")
+    if r['bad_videos']:
+        print(f"{r['bad_videos']} unreadable videos were left out of these scores, e.g. {next(iter(r['bad']))}", file=sys.stderr)
 
 @call_parse
 def synthetic(out: Param("folder to write the synthetic set to", str) = '',
@@ -471,7 +616,8 @@ def synthetic(out: Param("folder to write the synthetic set to", str) = '',
               debug: Param("stamp each frame's index into its pixels", store_true) = False):
     "Write the built-in synthetic video set (MP4 files + Kinetics-style CSVs)."
     from nonlocal_book.data.synthetic import generate_synthetic
-    if min(size, frames, per_class, val_per_class) < 1: _usage('size, frames, per_class and val_per_class must be >= 1')
+    for name, v in dict(size=size, frames=frames, per_class=per_class, val_per_class=val_per_class).items():
+        if v < 1: _usage(f'--{name} must be >= 1, got {v}')
     root = Path(out) if out else cache_dir() / f'synthetic-s{seed}-{size}px-{per_class}'
     info = generate_synthetic(root, seed=seed, size=size, frames=frames, train_per_class=per_class,
                               val_per_class=val_per_class, debug=debug, progress=True)

@@ -14,14 +14,17 @@ from einops import rearrange, einsum
 # %% auto #0
 __all__ = ['EXAMPLE_VIDEOS', 'OPERATORS', 'QUERY_COLOURS', 'DIAGRAM_COLOURS', 'to_video', 'from_video', 'check_channels',
            'nonlocal_literal', 'count_params', 'count_macs', 'softmax32', 'seed_everything', 'default_device',
-           'example_video', 'read_frames', 'OperatorBlock', 'recording', 'output_projection', 'OpSpec', 'register',
-           'load_operators', 'list_operators', 'get_operator', 'build_block', 'show_maps', 'plot_curves',
-           'block_diagram', 'diagram_fontsizes']
+           'BadItem', 'collate_good', 'example_video', 'read_frames', 'autocast_on', 'OperatorBlock', 'recording',
+           'output_projection', 'OpSpec', 'register', 'load_operators', 'list_operators', 'get_operator', 'build_block',
+           'show_maps', 'plot_curves', 'block_diagram', 'diagram_fontsizes']
 
 # %% ../nbs/00_notation.ipynb #e3f4cfdf
 def to_video(x: torch.Tensor, name: str = 'input'):
     "Return `(x as (B, C, T, H, W), was_image)`; an image batch `(B, C, H, W)` becomes a clip with `T = 1`."
     if not isinstance(x, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32, or bf16/fp16 under autocast), got {x.dtype}: "
+                        f"convert it with x.float() (uint8 frames: x.float() / 255)")
     if x.ndim == 5: return x, False
     if x.ndim == 4: return x.unsqueeze(2), True
     raise ValueError(f"{name} must be a video (B, C, T, H, W) or an image batch (B, C, H, W); "
@@ -95,6 +98,21 @@ def default_device() -> torch.device:
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
 
+# %% ../nbs/00_notation.ipynb #e2487798
+@dataclasses.dataclass
+class BadItem:
+    "What a dataset returns for an item it could not produce (an unreadable video): its index, path and the reason."
+    index: int
+    path: str
+    reason: str
+
+def collate_good(items):
+    """DataLoader `collate_fn`: (the default-collated batch of the good items, or None when every item is bad; the `BadItem`s).
+    Works in worker processes: the bad items come back to the main process with the batch."""
+    from torch.utils.data import default_collate
+    good = [it for it in items if not isinstance(it, BadItem)]
+    return (default_collate(good) if good else None), [it for it in items if isinstance(it, BadItem)]
+
 # %% ../nbs/00_notation.ipynb #a0236e92
 EXAMPLE_VIDEOS = {'bikes': 'bikes.mp4', 'bigbuckbunny': 'bigbuckbunny.mp4', 'carphone': 'carphone_pristine.mp4'}
 
@@ -123,11 +141,26 @@ def read_frames(path: str, indices=(0,), size=None) -> torch.Tensor:
     return F.interpolate(x, size=size, mode='bilinear', antialias=True, align_corners=False) if size else x
 
 # %% ../nbs/00_notation.ipynb #63611c1d
+def autocast_on(device_type: str) -> bool:
+    "Whether autocast is enabled for `device_type` (False for device types autocast does not know, e.g. 'meta')."
+    try: return torch.is_autocast_enabled(device_type)
+    except RuntimeError: return False
+
+def _check_input_dtype(module, args):
+    "Forward pre-hook of every block: a floating input of another dtype than the weights is refused in one line (outside autocast)."
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point(): return
+    p = next(module.parameters(), None)
+    if p is not None and p.is_floating_point() and p.dtype != x.dtype and not autocast_on(x.device.type):
+        raise TypeError(f"{type(module).__name__} has {p.dtype} weights but got {x.dtype} input: pass x.to({p.dtype}), "
+                        f"or convert the block with .to({x.dtype})")
+
 class OperatorBlock(nn.Module):
     "Base of every operator block: `forward` keeps the input's shape; while recording, `keep(**maps)` stores maps in `self.maps`."
     def __init__(self):
         super().__init__()
         self.recording, self.maps = False, {}
+        self.register_forward_pre_hook(_check_input_dtype)
 
     def keep(self, **maps):
         "Store detached copies of attention maps, only while recording."

@@ -243,7 +243,7 @@ def test_sigterm_to_one_torchrun_rank_stops_both_at_the_same_step_and_resume_is_
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--op', 'bat'], 'bat cannot run on 4×16×16 clips in this backbone: block size s=7 must divide'),
+    (['--op', 'bat', '--op_options', 's=7'], 'bat cannot run on 4×16×16 clips in this backbone: block size s=7 must divide'),
     (['--op', 'bat', '--op_options', 's4'], '--op_options wants key=value pairs'),
     (['--op', 'bat', '--op_options', 'zz=4'], "unexpected keyword argument 'zz'"),
 ])

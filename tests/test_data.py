@@ -24,14 +24,16 @@ def test_uniform_indices_sweep(n):
     assert idx.shape == (3, 8) and idx.min() >= 0 and idx.max() < n and (np.diff(idx, axis=1) >= 0).all()
 
 
-def test_corrupt_file_skipped_through_dataloader(tmp_path):
+def test_corrupt_file_left_out_and_reported_through_dataloader(tmp_path):
+    from nonlocal_book.core import collate_good
     good = write_video(tmp_path / 'good.mp4', np.zeros((20, 16, 16, 3), np.uint8))
     (tmp_path / 'bad.mp4').write_bytes(os.urandom(3000))
     items = [(good, 0), (tmp_path / 'bad.mp4', 1)] * 3
     ds = VideoDataset(items, frames=4, stride=2, return_meta=True)
-    batches = list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1))
-    assert sum(len(b[1]) for b in batches) == len(items)                  # the epoch completes
-    assert sum(int(b[2]['skipped'].sum()) for b in batches) == 3          # every bad file counted, across workers
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_good))
+    assert sum(len(b[1]) for b, _ in batches) == 3                        # the epoch completes with the good clips only
+    assert all((b[1] == 0).all() for b, _ in batches)                     # no bad video replaced by a good one (label 1)
+    assert [x.index for _, bad in batches for x in bad] == [1, 3, 5]      # every bad file reported, from the worker
 
 
 def test_real_video_through_pipeline():

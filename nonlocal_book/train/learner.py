@@ -16,8 +16,9 @@ from ..core import *
 
 # %% auto #0
 __all__ = ['AMP', 'ToyClips', 'toy_model', 'param_groups', 'warmup_cosine', 'step_decay', 'topk_correct', 'split_views',
-           'ResumableSampler', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'TrainingInterrupted', 'Callback', 'Learner',
-           'MetricsCB', 'ProgressCB', 'read_history', 'plot_history', 'atomic_save', 'CheckpointCB']
+           'ResumableSampler', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'UnreadableData', 'TrainingInterrupted',
+           'Callback', 'Learner', 'MetricsCB', 'ProgressCB', 'read_history', 'plot_history', 'previous_path',
+           'atomic_save', 'stale_temporaries', 'CheckpointError', 'read_checkpoint', 'CheckpointCB']
 
 # %% ../../nbs/30_learner.ipynb #554e70f5
 class ToyClips(Dataset):
@@ -85,12 +86,16 @@ def split_views(x: torch.Tensor):
 
 # %% ../../nbs/30_learner.ipynb #a354b17a
 class ResumableSampler(Sampler):
-    "Indices of one epoch, permuted by (seed, epoch), split over `world` ranks, starting at batch `start_batch`."
-    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1):
+    """Indices of one epoch, permuted by (seed, epoch), split over `world` ranks, starting at batch `start_batch`.
+    `drop_single`: leave out the one index that would form a last batch of a single clip (`length` = the indices used)."""
+    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
+                 drop_single: bool = False):
         if n < 1: raise ValueError('the dataset is empty')
         self.n, self.batch_size, self.shuffle, self.seed, self.rank, self.world = n, batch_size, shuffle, seed, rank, world
         self.epoch, self.start_batch = 0, 0
         self.per_rank = -(-n // world)
+        single = drop_single and batch_size > 1 and self.per_rank % batch_size == 1 and self.per_rank > 1
+        self.length = self.per_rank - single
 
     def set_epoch(self, epoch: int, start_batch: int = 0): self.epoch, self.start_batch = epoch, start_batch
 
@@ -100,13 +105,14 @@ class ResumableSampler(Sampler):
         order += order[: self.per_rank * self.world - self.n]          # pad so every rank gets per_rank indices
         return order[self.rank :: self.world]
 
-    def __iter__(self): return iter(self.indices()[self.start_batch * self.batch_size :])
-    def __len__(self): return max(self.per_rank - self.start_batch * self.batch_size, 0)
+    def __iter__(self): return iter(self.indices()[self.start_batch * self.batch_size : self.length])
+    def __len__(self): return max(self.length - self.start_batch * self.batch_size, 0)
 
 # %% ../../nbs/30_learner.ipynb #16e2b4ca
 class CancelBatch(Exception): "Skip the rest of this batch."
 class CancelEpoch(Exception): "Skip the rest of this epoch."
 class CancelFit(Exception): "Stop training."
+class UnreadableData(RuntimeError): "So many items of a dataset are unreadable that nothing can be trained or scored."
 class TrainingInterrupted(KeyboardInterrupt): "A signal (Ctrl-C, SIGTERM) stopped training at a clean point: after a step, checkpointed."
 
 class Callback:
@@ -138,8 +144,9 @@ class Learner:
         self.epochs, self.batch_size, self.seed, self.num_workers = epochs, batch_size, seed, num_workers
         self.pin_memory = (self.device.type == 'cuda') if pin_memory is None else pin_memory
         self.train_ds, self.valid_ds = train_ds, valid_ds
-        self.sampler = ResumableSampler(len(train_ds), batch_size, shuffle=True, seed=seed, rank=self.rank, world=self.world)
-        self.steps_per_epoch = -(-self.sampler.per_rank // batch_size)
+        self.sampler = ResumableSampler(len(train_ds), batch_size, shuffle=True, seed=seed, rank=self.rank, world=self.world,
+                                        drop_single=True)
+        self.steps_per_epoch = -(-self.sampler.length // batch_size)
         if sync_bn:
             if self.device.type != 'cuda': raise ValueError('sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop --sync_bn on the CPU')
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -160,6 +167,7 @@ class Learner:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.epoch, self.batch, self.history = 0, 0, []
+        self.bad = {'train': {}, 'valid': {}}          # unreadable items met so far: split -> {path: reason}
         self.stop_signal, self.busy = None, None       # a signal asking to stop; what is half done (a step, an evaluation)
         self.cbs = sorted(list(cbs), key=lambda c: c.order)
         for cb in self.cbs: cb.learn = self
@@ -182,9 +190,14 @@ class Learner:
     def loader(self, ds, sampler=None):
         # Its own generator, seeded by (seed, epoch): creating an iterator then draws nothing from the global RNG (a resumed
         # run creates one at a different moment), and worker seeds are the same for an epoch however often it restarts.
+        # It yields (batch or None, bad items): `collate_good` brings unreadable items back from worker processes too.
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, generator=g, drop_last=False)
+                          pin_memory=self.pin_memory, generator=g, drop_last=False, collate_fn=collate_good)
+
+    def note_bad(self, split: str, bad):
+        "Record the `BadItem`s of a batch under `split` ('train' or 'valid')."
+        for b in bad: self.bad[split][str(b.path)] = b.reason
 
 # %% ../../nbs/30_learner.ipynb #7234cc35
 from fastcore.basics import patch
@@ -211,9 +224,18 @@ def one_batch(self: Learner, xb, yb):
 def train_epoch(self: Learner):
     self.sampler.set_epoch(self.epoch, self.batch)
     self.busy = 'a training step'           # from fetching a batch (it draws augmentations) until the step is counted
-    for xb, yb, *_ in self.loader(self.train_ds, sampler=self.sampler):
-        self.xb, self.yb = xb, yb
+    start, trained = self.batch, 0
+    for batch, bad in self.loader(self.train_ds, sampler=self.sampler):
+        self.note_bad('train', bad)
+        # unreadable videos leave the batch; if that leaves fewer than 2 clips (BatchNorm needs 2), the step is skipped
+        skip = batch is None or (bool(bad) and len(batch[1]) < 2 <= self.batch_size)
+        if self.world > 1:                  # every rank skips the same steps, or DDP's gradient all-reduce would hang
+            f = torch.tensor([float(skip)], device=self.device); dist.all_reduce(f, op=dist.ReduceOp.MAX); skip = bool(f.item())
         try:
+            if skip: raise CancelBatch
+            trained += 1
+            xb, yb = batch[0], batch[1]
+            self.xb, self.yb = xb, yb
             self('before_batch')
             self.one_batch(xb, yb)
             self.batch += 1; self.busy = None
@@ -222,6 +244,10 @@ def train_epoch(self: Learner):
         self.check_stop()
         self.busy = 'a training step'
     self.busy = None
+    if start == 0 and trained == 0 and self.bad['train']:
+        path, why = next(iter(self.bad['train'].items()))
+        raise UnreadableData(f"no training step could run this epoch: {len(self.bad['train'])} of {len(self.train_ds)} training "
+                           f"videos are unreadable (e.g. {path}: {why[:200]})")
 
 @patch
 def check_stop(self: Learner):
@@ -241,9 +267,12 @@ def evaluate(self: Learner, ds=None, max_batches: int | None = None) -> dict:
     if ds is None: return {}
     self.net.eval()
     sampler = ResumableSampler(len(ds), self.batch_size, shuffle=False, rank=self.rank, world=self.world) if self.world > 1 else None
-    sums = torch.zeros(6, dtype=torch.float64)         # loss·clips, clips, top1, top5, video top1, videos
-    for i, (xb, yb, *_) in enumerate(self.loader(ds, sampler=sampler)):
+    sums = torch.zeros(7, dtype=torch.float64)         # loss·clips, clips, top1, top5, video top1, videos, unreadable videos
+    for i, (batch, bad) in enumerate(self.loader(ds, sampler=sampler)):
         if max_batches is not None and i >= max_batches: break
+        self.note_bad('valid', bad); sums[6] += len(bad)     # excluded from the score, and counted
+        if batch is None: continue
+        xb, yb = batch[0], batch[1]
         x, views = split_views(xb)
         y = yb.to(self.device)
         with self.autocast(): out = self.net(self.to_device(x)).float()
@@ -251,12 +280,16 @@ def evaluate(self: Learner, ds=None, max_batches: int | None = None) -> dict:
         hits = topk_correct(out, yv)
         video = out.softmax(-1).view(len(y), views, -1).mean(1)
         sums += torch.tensor([F.cross_entropy(out, yv, reduction='sum').item(), len(yv), hits[1], hits[5],
-                              (video.argmax(-1) == y).sum().item(), len(y)], dtype=torch.float64)
+                              (video.argmax(-1) == y).sum().item(), len(y), 0], dtype=torch.float64)
     if self.world > 1:                                  # NCCL reduces CUDA tensors only
         sums = sums.to(self.device); dist.all_reduce(sums); sums = sums.cpu()
-    loss, clips, t1, t5, v1, videos = sums.tolist()
+    loss, clips, t1, t5, v1, videos, unreadable = sums.tolist()
+    if videos == 0 and unreadable > 0:
+        raise UnreadableData(f"none of the {int(unreadable)} videos evaluated could be read, e.g. {next(iter(self.bad['valid']), '?')}: "
+                           f"{next(iter(self.bad['valid'].values()), '')[:200]}")
     clips, videos = max(clips, 1), max(videos, 1)
-    return dict(valid_loss=loss / clips, clip_top1=t1 / clips, clip_top5=t5 / clips, video_top1=v1 / videos)
+    return dict(valid_loss=loss / clips, clip_top1=t1 / clips, clip_top5=t5 / clips, video_top1=v1 / videos,
+                bad_videos=int(unreadable))
 
 @patch
 @contextlib.contextmanager
@@ -314,6 +347,11 @@ class MetricsCB(Callback):
         self.n += bs
         self.loss += learn.loss.item() * bs
         self.correct += (learn.out.argmax(-1) == learn.yb).sum().item()
+    def after_load(self):
+        "A resumed run: the file says what the checkpoint says (a kill between an epoch's line and its checkpoint would repeat it)."
+        if self.path is not None and self.learn.is_main and (self.path.exists() or self.learn.history):
+            tmp = self.path.with_name(f'.{self.path.name}.tmp{os.getpid()}')
+            tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.learn.history)); os.replace(tmp, self.path)
     @property
     def clips_per_s(self): return self.n * self.learn.world / max(time.perf_counter() - self.t0, 1e-9)
     def after_epoch(self):
@@ -382,47 +420,101 @@ def _set_rng_state(st: dict):
     np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
-def atomic_save(obj, path):
-    "torch.save to a temporary file beside `path`, then rename it over `path` (atomic on POSIX and Windows)."
+def previous_path(path) -> Path:
+    "Where the checkpoint before `path` is kept: last.pt -> last.prev.pt."
+    path = Path(path)
+    return path.with_name(f'{path.stem}.prev{path.suffix}')
+
+def atomic_save(obj, path, keep_previous: bool = False):
+    """torch.save to a temporary file beside `path` (flushed to disk), then rename it over `path` (atomic on POSIX and
+    Windows). `keep_previous`: the file it replaces becomes `previous_path(path)`. The temporary file never outlives a failure."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
+        if keep_previous and path.exists(): os.replace(path, previous_path(path))
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def stale_temporaries(folder, name: str = 'last.pt') -> list:
+    "Temporary files of `atomic_save` that a killed process left in `folder` (`.last.pt.tmp<pid>`)."
+    return sorted(Path(folder).glob(f'.{name}.tmp*'))
+
+class CheckpointError(ValueError):
+    "A checkpoint file that cannot be used: empty, truncated, not a checkpoint, or from another setup."
+
+def read_checkpoint(path, map_location='cpu') -> dict:
+    """Load a checkpoint with `weights_only=True` or raise one line saying what is wrong with the file (`CheckpointError`).
+    PyTorch's own message is not repeated: for a file of unknown origin it suggests `weights_only=False`, which would run
+    whatever code the file holds."""
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f'no checkpoint at {path}')
+    size = path.stat().st_size
+    if size == 0: raise CheckpointError(f'{path} is empty (0 bytes): the write never finished')
+    try: st = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        kind = 'truncated' if 'zip' in str(e).lower() or isinstance(e, EOFError) else 'not a checkpoint'
+        raise CheckpointError(f'{path} ({size:,} bytes) cannot be read: {kind} or damaged ({type(e).__name__})') from None
+    if not isinstance(st, dict) or not {'model', 'epoch', 'batch'} <= set(st):
+        raise CheckpointError(f'{path} loads but is not a checkpoint of this library (no model weights and position)')
+    return st
 
 @patch
 def state(self: Learner) -> dict:
     "Everything needed to continue training exactly where it stands."
     return dict(model=self.model.state_dict(), opt=self.opt.state_dict(), sched=self.sched.state_dict(),
                 scaler=self.scaler.state_dict(), epoch=self.epoch, batch=self.batch, history=self.history,
-                rng=_rng_state(), world=self.world,
+                rng=_rng_state(), world=self.world, bad=self.bad,
                 cbs={type(cb).__name__: cb.state_dict() for cb in self.cbs if hasattr(cb, 'state_dict')})
 
 @patch
 def load(self: Learner, path) -> 'Learner':
-    "Restore a checkpoint written by `CheckpointCB` (weights_only load) and continue from its position."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f'no checkpoint at {path}; train without --resume to start from scratch')
-    st = torch.load(path, map_location=self.device, weights_only=True)
+    """Restore a checkpoint written by `CheckpointCB` (weights_only load) and continue from its position. A damaged `path`
+    falls back to the previous checkpoint (`previous_path`), saying so in one line; `self.loaded_from` is the file used."""
+    path, prev = Path(path), previous_path(path)
+    try: st, used = read_checkpoint(path, self.device), path
+    except (FileNotFoundError, CheckpointError) as e:
+        if not prev.exists():
+            if isinstance(e, FileNotFoundError): raise FileNotFoundError(f'no checkpoint at {path}; train without --resume to start from scratch')
+            raise
+        try: st, used = read_checkpoint(prev, self.device), prev
+        except CheckpointError as e2: raise CheckpointError(f'{e}; the previous one too: {e2}') from None
+        if self.is_main: print(f"{e}: resuming from the previous checkpoint {prev} (epoch {st['epoch'] + 1}, step {st['batch']})", file=sys.stderr)
     if st.get('world', 1) != self.world:
-        raise ValueError(f"{path} was written by a run on {st['world']} process(es), this run has {self.world}: resume with the same world size")
+        raise CheckpointError(f"{used} was written by a run on {st.get('world', 1)} process(es), this run has {self.world}: "
+                              f"resume with the same number, e.g. torchrun --nproc_per_node {st.get('world', 1)} ...")
     self.model.load_state_dict(st['model']); self.opt.load_state_dict(st['opt'])
     self.sched.load_state_dict(st['sched']); self.scaler.load_state_dict(st['scaler'])
     self.epoch, self.batch, self.history = st['epoch'], st['batch'], list(st['history'])
+    self.bad = {k: dict(v) for k, v in st.get('bad', {'train': {}, 'valid': {}}).items()}
     for cb in self.cbs:
         if type(cb).__name__ in st.get('cbs', {}) and self.batch > 0: cb.load_state_dict(st['cbs'][type(cb).__name__])
     _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in st['rng'].items()})
+    self.loaded_from = used
+    self('after_load')
     return self
 
 class CheckpointCB(Callback):
-    "Save `last.pt` in `folder` atomically after each epoch, every `every` steps if set, and on interruption (rank 0)."
+    """Save `last.pt` in `folder` atomically after each epoch, every `every` steps if set, every `minutes` of training
+    (default 5: a kill costs minutes, not an epoch; 0: off), and on interruption (rank 0). The file it replaces is kept as
+    `last.prev.pt`, so a damaged `last.pt` falls back to it; temporaries left by a killed run are removed at the start."""
     order = 30
-    def __init__(self, folder, every: int | None = None): self.folder, self.every = Path(folder), every
+    def __init__(self, folder, every: int | None = None, minutes: float = 5.0):
+        self.folder, self.every, self.minutes = Path(folder), every, minutes
+        self.last_save = time.monotonic()
     @property
     def path(self): return self.folder / 'last.pt'
     def save(self):
-        if self.learn.is_main: atomic_save(self.learn.state(), self.path)
+        if self.learn.is_main: atomic_save(self.learn.state(), self.path, keep_previous=True)
+        self.last_save = time.monotonic()
+    def before_fit(self):
+        if self.learn.is_main:
+            for f in stale_temporaries(self.folder, self.path.name): f.unlink(missing_ok=True)
+        self.last_save = time.monotonic()
     def after_batch(self):
-        if self.every and self.learn.batch % self.every == 0: self.save()
+        due = self.minutes and time.monotonic() - self.last_save >= self.minutes * 60
+        if (self.every and self.learn.batch % self.every == 0) or due: self.save()
     def after_epoch(self):
         learn = self.learn
         learn.epoch, learn.batch = learn.epoch + 1, 0          # the state to save is 'this epoch is done'
@@ -432,5 +524,7 @@ class CheckpointCB(Callback):
         learn = self.learn
         if learn.busy is not None:                      # a crash or a hard Ctrl-C in the middle of a step: saving now
             if learn.is_main:                           # would tear it; the last clean checkpoint stands
-                print(f'interrupted during {learn.busy}: {self.path} keeps the last clean position', file=sys.stderr)
+                kept = (f'{self.path} keeps the last clean position' if self.path.exists() or previous_path(self.path).exists()
+                        else f'no checkpoint was written yet ({self.path} does not exist): a new run starts from scratch')
+                print(f'interrupted during {learn.busy}: {kept}', file=sys.stderr)
         elif learn.epoch < learn.epochs and learn.batch > 0: self.save()   # stopped mid-epoch: keep the position
