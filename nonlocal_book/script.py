@@ -53,4 +53,6 @@ def call_parse(func):
         if args or kwargs: return func(*args, **kwargs)
         return func(**vars(build_parser(func).parse_args())) 
     command.parser = functools.partial(build_parser, func)
+    caller = inspect.getmodule(inspect.currentframe().f_back)          # None in a notebook cell
+    if getattr(caller, '__name__', '') == '__main__': command()         # `python script.py` / `python -m module`: run it
     return command
