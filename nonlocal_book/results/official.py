@@ -172,13 +172,15 @@ class PaperGTA(nn.Module):
     """GTA written plainly from the paper's equations (there is no public code): Eq. 3, softmax(Q Kᵀ/√d) V per frame with
     W_O, BN and the residual; then Eq. 5–8, the pixel branch M̂_P V_P and the region branch G_Rᵀ(M̂_R V_R) with V_R = X_G W_V,
     each multi-head mix a sum over the groups g of M̂_g (N_h × T × T) applied to group g's values, then BN(A_P W_P^O + A_R W_R^O)
-    + the input. Built from one of our `GTABlock`s (spatial, pixel and region branches, softmax regions)."""
+    + the input. Built from one of our `GTABlock`s (spatial, pixel and region branches, softmax regions). Keys and values of
+    Eq. 3 are max-pooled `kv_pool` within each frame after W_K, W_V, as the paper's Table 6 FLOPs imply (the GTA chapter)."""
     def __init__(self, block: GTABlock):
         super().__init__()
         sp, te = block.spatial, block.temporal
         if isinstance(sp, nn.Identity) or not (te.pixel and te.region) or te.region_norm != 'softmax':
             raise ValueError('the transcription covers the full GTA block: spatial attention, pixel and softmax-region branches')
         self.q, self.k, self.v, self.sp_out = (copy.deepcopy(m) for m in (sp.q, sp.k, sp.v, sp.out))
+        self.kv_pool = tuple(sp.kv_pool)
         self.v_p, self.m_p, self.out_p, self.bn = (copy.deepcopy(m) for m in (te.v_p, te.m_p, te.out_p, te.bn))
         self.w_g, self.w_v_r, self.m_r, self.w_o_r = (copy.deepcopy(m) for m in (te.w_g, te.w_v_r, te.m_r, te.w_o_r))
 
@@ -196,8 +198,10 @@ class PaperGTA(nn.Module):
         B, C, T, H, W = x.shape
         S = H * W
         q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.kv_pool != (1, 1):                                                       # pooled keys and values, per frame
+            k, v = (F.max_pool3d(z, (1, *self.kv_pool), ceil_mode=True) for z in (k, v))
         d, e = q.shape[1], v.shape[1]
-        frames = lambda z: z.permute(0, 2, 3, 4, 1).reshape(B * T, S, z.shape[1])       # X(t): HW × C, frame by frame
+        frames = lambda z: z.permute(0, 2, 3, 4, 1).reshape(B * T, -1, z.shape[1])      # X(t): HW × C, frame by frame
         A = F.softmax(frames(q) @ frames(k).transpose(1, 2) / d ** 0.5, dim=-1) @ frames(v)
         y = x + self.sp_out(A.view(B, T, H, W, e).permute(0, 4, 1, 2, 3))               # Eq. 3
         ys = y.view(B, C, T, S)
