@@ -223,7 +223,8 @@ SHAPES = {'res3': dict(batch=2, channels=512, frames=4, size=28), 'res4': dict(b
 
 def transcription(block: nn.Module) -> nn.Module:
     "The plain transcription of the official code's computation for `block`, holding copies of its weights."
-    make = TRANSCRIPTIONS.get(type(block))
+    # by class name: a notebook that runs an operator chapter's cells registers its own copy of the class in the same process
+    make = next((m for cls, m in TRANSCRIPTIONS.items() if cls.__name__ == type(block).__name__), None)
     if make is None: raise ValueError(f"no official transcription for {type(block).__name__}; there is one for "
                                       f"{', '.join(c.__name__ for c in TRANSCRIPTIONS)}")
     return make(block).train(block.training)
