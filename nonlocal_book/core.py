@@ -216,6 +216,8 @@ def register(name: str, cls: type | None = None, *, doc: str = '', image: bool =
         old = OPERATORS.get(name)
         if old is not None and old.cls.__qualname__ != c.__qualname__:
             raise ValueError(f"operator name {name!r} is already registered to {old.cls.__qualname__}")
+        if old is not None and old.cls.__module__.startswith('nonlocal_book.') and not c.__module__.startswith('nonlocal_book.'):
+            c = old.cls          # a notebook re-running a chapter's cells keeps the library's class (nbdev_test reuses processes)
         first = (c.__doc__ or '').strip().split('\n')[0]
         OPERATORS[name] = OpSpec(name, c, defaults, doc or first, image, frames, size, channels)
         return c
