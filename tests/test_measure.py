@@ -25,6 +25,12 @@ def test_private_profiling_apis_live_only_in_the_measuring_module(api):
     assert users <= ALLOWED, f'{api} used outside results/measure: {sorted(users - ALLOWED)}'
 
 
+def test_no_chapter_defines_its_own_meter():
+    meter = re.compile(r'def (saved_bytes|peak_\w*bytes|best_time|time_fn|time_block|fwd_bwd_time)\(')
+    users = {str(p.relative_to(ROOT)) for p, src in _sources() if meter.search(src)}
+    assert users <= ALLOWED, f'private meters outside results/measure: {sorted(users - ALLOWED)}'
+
+
 def test_operator_modules_keep_no_meters():
     for p in sorted((ROOT / 'nonlocal_book' / 'ops').glob('*.py')):
         src = p.read_text()
