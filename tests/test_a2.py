@@ -7,7 +7,8 @@ from torch import nn
 from nonlocal_book.core import count_macs, count_params, recording
 from nonlocal_book.ops.a2 import (A2Block, ASSOCIATIONS, a2_cost, a2_left, a2_literal, a2_macs, a2_params, a2_relation,
                                   a2_right, attention_maps, attention_pool, bilinear_pool, bilinear_pool_literal,
-                                  choose_association, distribute, distribution_weights, double_attention, peak_live_bytes)
+                                  choose_association, distribute, distribution_weights, double_attention)
+from nonlocal_book.results.measure import peak_live_bytes
 
 FAST = settings(max_examples=25, deadline=None)
 

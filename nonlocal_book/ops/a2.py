@@ -4,18 +4,16 @@
 
 # %% ../../nbs/05_a2.ipynb #f5ac4529
 from __future__ import annotations
-import weakref
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from einops import rearrange, einsum
 from ..core import *
+from ..results.measure import peak_live_bytes
 
 # %% auto #0
 __all__ = ['ASSOCIATIONS', 'gather_distribute', 'bilinear_pool_literal', 'bilinear_pool', 'attention_maps', 'attention_pool',
            'distribution_weights', 'distribute', 'a2_literal', 'a2_left', 'a2_relation', 'a2_right', 'a2_cost',
-           'choose_association', 'double_attention', 'peak_live_bytes', 'A2Block', 'a2_params', 'a2_macs']
+           'choose_association', 'double_attention', 'A2Block', 'a2_params', 'a2_macs']
 
 # %% ../../nbs/05_a2.ipynb #a4d0720f
 def gather_distribute(x, gather, distribute):
@@ -114,35 +112,6 @@ def double_attention(a, b, v, association: str = 'auto', return_weights: bool = 
     else:
         z = einsum(a, einsum(sb, sv, 'b n j, b n i -> b j i'), 'b m j, b j i -> b m i')
     return (z, sb, sv) if return_weights else z
-
-# %% ../../nbs/05_a2.ipynb #6523d548
-class _LiveBytes(TorchDispatchMode):
-    "Track the bytes of tensor storages created by ATen ops and still alive; remember the peak."
-    def __init__(self):
-        super().__init__()
-        self.refs, self.size, self.now, self.peak = {}, {}, 0, 0
-    def _release(self, key):
-        self.refs[key] -= 1
-        if self.refs[key] == 0:
-            self.now -= self.size.pop(key); del self.refs[key]
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor): continue
-            st = t.untyped_storage()
-            key = (t.device, st.data_ptr())
-            if key not in self.refs:
-                self.refs[key], self.size[key] = 0, st.nbytes()
-                self.now += st.nbytes(); self.peak = max(self.peak, self.now)
-            self.refs[key] += 1
-            weakref.finalize(t, self._release, key)
-        return out
-
-def peak_live_bytes(fn, *args, **kwargs):
-    """Run `fn(*args, **kwargs)` without autograd and return `(result, peak)`: `peak` is the largest number of bytes held at
-    once by tensors created during the call (inputs excluded), counted from their storages."""
-    with torch.no_grad(), _LiveBytes() as mode: out = fn(*args, **kwargs)
-    return out, mode.peak
 
 # %% ../../nbs/05_a2.ipynb #0ed855f0
 class A2Block(OperatorBlock):
