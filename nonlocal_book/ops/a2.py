@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from einops import rearrange, einsum
 from ..core import *
-from ..results.measure import peak_live_bytes
 
 # %% auto #0
 __all__ = ['ASSOCIATIONS', 'gather_distribute', 'bilinear_pool_literal', 'bilinear_pool', 'attention_maps', 'attention_pool',
