@@ -35,6 +35,7 @@ def build_operator(name: str, channels: int, frames: int = 4):
     spec = get_operator(name)
     return spec.build(channels, **({'T': frames} if _wants_T(spec.cls) else {}))
 
+# %% ../nbs/31_cli.ipynb #45c88e02
 @torch.no_grad()
 def operator_table(names=None, channels: int = 64, frames: int = 4, size: int = 14, reps: int = 3, seed: int = 0, progress: bool = False):
     "Cost of each operator (all registered ones by default) as a block on a (1, channels, frames, size, size) clip: a list of dicts."
@@ -122,6 +123,7 @@ def bench_operator(name: str, channels: int = 256, frames: int = 8, size: int = 
         step(); row['peak_mb'] = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 20
     return row
 
+# %% ../nbs/31_cli.ipynb #e5be7202
 def bench_table(rows, baseline: str) -> str:
     "Rows of `bench_operator` as a table, each time and memory also as a ratio to the `baseline` operator's row."
     base = next((r for r in rows if r['operator'] == baseline and 'error' not in r), None)
@@ -135,6 +137,7 @@ def bench_table(rows, baseline: str) -> str:
         lines.append(f"{r['operator']:<14}{r['params']:>11,}{r['macs'] / 1e9:>8.2f}" + cells)
     return '\n'.join(lines)
 
+# %% ../nbs/31_cli.ipynb #e5be7204
 @call_parse
 def bench(operators: Param("comma-separated operators to measure (see nlb_demo for the names)", str) = 'nl,bat,rnl,cgd,a2,gta',
           baseline: Param("the operator the ratios are taken against (measured in the same run)", str) = 'nl',
@@ -166,6 +169,7 @@ def bench(operators: Param("comma-separated operators to measure (see nlb_demo f
     rows = [bench_operator(n, channels, frames, size, batch, reps, str(dev), amp, not forward_only, seed) for n in names]
     print(bench_table(rows, baseline))
 
+# %% ../nbs/31_cli.ipynb #e5be7206
 def _bench_official(names, against, channels, frames, size, batch, reps, dev, amp, forward_only, seed):
     from nonlocal_book.results.official import COMPARED, compare, compare_table
     from nonlocal_book.results.measure import matmul_peak
@@ -194,6 +198,7 @@ def _backbone(backbone, classes, width, dropout, depth):
     if depth not in RESNET_LAYERS: raise UsageError(f"--depth must be 0 (the small ResNet) or one of {', '.join(map(str, RESNET_LAYERS))}, got {depth}")
     return video_resnet(depth, backbone, num_classes=classes, dropout=dropout)
 
+# %% ../nbs/31_cli.ipynb #c9982d02
 TORCHVISION_HINT = '--pretrained imagenet needs torchvision (pip install "nonlocal_book[torchvision]"), or pass a state-dict file'
 
 def _check_pretrained(pretrained, depth):
@@ -211,6 +216,7 @@ def _load_pretrained(model, pretrained, depth):
     try: return load_imagenet(model, depth, path=None if pretrained == 'imagenet' else pretrained)
     except (KeyError, RuntimeError) as e: raise UsageError(f'--pretrained {pretrained}: {e}')
 
+# %% ../nbs/31_cli.ipynb #c9982d04
 def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width: int = 8, frames: int = 8,
                 preset: str = '', seed: int = 0, dropout: float = 0.0, depth: int = 0, pretrained: str = '', options: dict | None = None,
                 size: int = 32):
@@ -239,6 +245,7 @@ def build_model(op: str = 'nl', backbone: str = 'c2d', classes: int = 10, width:
     except ValueError as e: raise UsageError(f"cannot put {op} at the {place!r} places of this backbone: {e}")
     except TypeError as e: raise UsageError(f"--op_options {options}: {e}")
 
+# %% ../nbs/31_cli.ipynb #c9982d06
 def parse_options(text: str) -> dict:
     "'s=4,resize=downsample,k=8' -> {'s': 4, 'resize': 'downsample', 'k': 8}: Python literals where they parse, else strings."
     import ast
@@ -254,6 +261,7 @@ def operator_weight_decay(places, weight_decay: float) -> dict:
     "A `Learner(wd_overrides=...)` giving every parameter of the inserted operators (`places`) its own weight decay."
     return {'^(?:' + '|'.join(re.escape(p) for p in places) + r')\.': weight_decay} if places else {}
 
+# %% ../nbs/31_cli.ipynb #c9982d08
 def _kinetics_folder(root, videos, frames, stride, clips, crop, crops):
     from nonlocal_book.data.kinetics import KineticsDataset, index_videos, read_kinetics_csv
     from nonlocal_book.data.video import train_transform, eval_transform
@@ -273,6 +281,7 @@ def _kinetics_folder(root, videos, frames, stride, clips, crop, crops):
     miss = [f"{len(d.missing)} of {len(d.rows)} {s} videos missing" for s, d in (('train', tr), ('val', va)) if d.missing]
     return tr, va, f"Kinetics-format folder {root}, videos below {vroot}" + (f" ({', '.join(miss)})" if miss else '')
 
+# %% ../nbs/31_cli.ipynb #c9982d10
 def load_data(data: str = '', frames: int = 8, stride: int = 2, seed: int = 0, clips: int = 1, progress: bool = False,
               synthetic_size: int = 32, synthetic_per_class: int = 48, videos: str = '', crop: int = 112, crops: int = 1):
     """(train, valid, description): the synthetic set ('' or 'synthetic', generated into the cache), a synthetic set folder,
@@ -326,6 +335,7 @@ def resolve_saved_paths(cfg: dict, out) -> dict:
                              f"and it is not found from here or above {out}: run from that directory or pass --{key} <absolute path>")
     return cfg
 
+# %% ../nbs/31_cli.ipynb #480cb902
 def input_size(data: str = '', crop: int = 112, synthetic_size: int = 32) -> int:
     "Side in pixels of the clips `data` gives: the synthetic set's frame size, else the crop of Kinetics-format data."
     if data in ('', 'synthetic'): return synthetic_size
@@ -341,6 +351,7 @@ def pick_threads(threads: int = 0) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 2)
     return max(1, cores // 2)
 
+# %% ../nbs/31_cli.ipynb #480cb904
 def _first_readable(ds):
     "(index, item) of the first item of `ds` that is not a `BadItem` (None, None if every one is)."
     for i in range(len(ds)):
@@ -363,6 +374,7 @@ def _check_span(ds, frames, stride, synthetic: bool):
     if synthetic: raise UsageError(msg)
     print(f'warning: {msg} (short videos are looped)', file=sys.stderr)
 
+# %% ../nbs/31_cli.ipynb #480cb906
 def _gather_bad(learn) -> dict:
     "Unreadable videos met by every rank: {'train': {path: reason}, 'valid': {...}}."
     import torch.distributed as dist
@@ -385,23 +397,14 @@ def has_checkpoint(out) -> bool:
     from nonlocal_book.train.learner import previous_path
     return (Path(out) / 'last.pt').exists() or previous_path(Path(out) / 'last.pt').exists()
 
-def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8, stride=2, epochs=8, batch_size=16, lr=0.1,
-                 warmup=1.0, weight_decay=1e-4, clip_grad=0.0, amp='none', channels_last=False, compile=False, workers=0,
-                 out='runs/train', resume=False, seed=0, test_clips=3, progress=True, ckpt_every=0, dropout=0.0,
-                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='', cbs=(),
-                 ckpt_minutes=5.0, threads=0):
-    """Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner
-    callbacks; `threads`: intra-op threads (0: `pick_threads`)."""
-    from nonlocal_book.train.learner import (Learner, MetricsCB, ProgressCB, CheckpointCB, TrainingInterrupted, plot_history,
-                                             CheckpointError)
-    from nonlocal_book.train.distributed import setup_distributed, cleanup_distributed
+# %% ../nbs/31_cli.ipynb #480cb908
+def _check_arguments(op, preset, backbone, amp, dropout, lr, pretrained, depth, positive: dict, non_negative: tuple):
+    "Every cheap check of `run_training`'s options, before any data or model is built: a typo costs one line."
     from nonlocal_book.models.backbones import PRESETS, KINDS
     from nonlocal_book.train.learner import AMP
-    # every cheap check first: a typo costs one line, not a data set generation
-    for name, v in dict(frames=frames, stride=stride, epochs=epochs, batch_size=batch_size, width=width, test_clips=test_clips, crop=crop).items():
+    for name, v in positive.items():
         if v < 1: raise UsageError(f'--{name} must be >= 1, got {v}')
-    for name, v, zero in (('workers', workers, 'load in the main process'), ('ckpt_every', ckpt_every, 'no step-based checkpoints'),
-                          ('ckpt_minutes', ckpt_minutes, 'no time-based checkpoints'), ('threads', threads, 'choose automatically')):
+    for name, v, zero in non_negative:
         if v < 0: raise UsageError(f'--{name} must be >= 0 (0: {zero}), got {v}')
     if lr <= 0: raise UsageError(f'--lr must be positive, got {lr}')
     if backbone not in KINDS: raise UsageError(f"--backbone must be one of {', '.join(KINDS)}, got {backbone!r}")
@@ -409,19 +412,13 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
     if preset and preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     if amp not in AMP: raise UsageError(f"--amp must be one of none, bf16, fp16; got {amp!r}")
     if not 0 <= dropout < 1: raise UsageError(f'--dropout must be in [0, 1), got {dropout}')
-    if frames < 2 and backbone in ('c2d', 'i3d'):
-        raise UsageError(f'--backbone {backbone} max-pools time by 2 after res2, so it needs --frames >= 2 (got {frames}); '
+    if positive['frames'] < 2 and backbone in ('c2d', 'i3d'):
+        raise UsageError(f'--backbone {backbone} max-pools time by 2 after res2, so it needs --frames >= 2 (got {positive["frames"]}); '
                          'pass --frames 2 or more, or --backbone tsm or r2d (no temporal pooling)')
     _check_pretrained(pretrained, depth)
-    options = parse_options(op_options)
-    size = input_size(data, crop)
-    build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth, options=options, size=size)   # it fits (no weights)
-    out = Path(out)
-    data, videos, pretrained = (_absolute(k, v) for k, v in (('data', data), ('videos', videos), ('pretrained', pretrained)))
-    config = dict(op=op, preset=preset, backbone=backbone, width=width, data=data, frames=frames, stride=stride, epochs=epochs,
-                  batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip_grad=clip_grad, amp=amp, seed=seed,
-                  dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos, op_weight_decay=op_weight_decay,
-                  op_options=op_options)
+
+def _check_out(out: Path, config: dict, resume: bool):
+    "A resumed run needs its checkpoint and the same options as saved (the epochs may grow); a new run needs a free folder."
     if resume:
         if not has_checkpoint(out): raise UsageError(f'--resume: no checkpoint at {out / "last.pt"}; run without --resume to start')
         if not (out / 'config.json').exists(): raise UsageError(f'--resume: {out} has a checkpoint but no config.json; use another --out')
@@ -431,63 +428,128 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
         if changed: raise UsageError(f'--resume with options that differ from the saved run: {changed}; use another --out')
     elif has_checkpoint(out):
         raise UsageError(f'{out} already holds a run: pass --resume to continue it, or choose another --out')
+
+# %% ../nbs/31_cli.ipynb #480cb910
+def _build_for_data(cfg: dict, train_ds, what: str, options: dict, size: int, resume: bool) -> tuple:
+    """(model, places, size, MACs per clip) for the training set: the clip span checked against the videos, the model built
+    for its classes, and its MACs counted on a clip of the size the data really gives (which also proves the operator runs)."""
+    op, data, frames = cfg['op'], cfg['data'], cfg['frames']
+    _check_span(train_ds, frames, cfg['stride'], synthetic=(Path(data or '.').expanduser() / 'synthetic.json').exists() or data in ('', 'synthetic'))
+    model, places = build_model(op, cfg['backbone'], len(train_ds.classes), cfg['width'], frames, cfg['preset'], cfg['seed'],
+                                cfg['dropout'], cfg['depth'], '' if resume else cfg['pretrained'], options, size=size)   # a resumed run's weights come from its checkpoint
+    _, first = _first_readable(train_ds)
+    if first is None: raise UsageError(f'none of the {len(train_ds)} training videos of {what} can be read (dataset.verify() lists why)')
+    size = first[0].shape[-1]
+    try: macs = count_macs(model, torch.randn(1, 3, frames, size, size))     # also: the operator runs at this size
+    except ValueError as e:
+        raise UsageError(f'{op} cannot run on {frames}×{size}×{size} clips in this backbone: {e}' + (' (block options: --op_options)' if op != 'none' else ''))
+    return model, places, size, macs
+
+def _start_run_folder(out: Path, cfg: dict, what: str, train_ds, valid_ds, size: int, model, places, macs, device, world: int):
+    "Write config.json into the run folder and say in a few lines what is about to be trained, on what, where (rank 0)."
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'config.json').write_text(json.dumps(cfg, indent=1))
+    op, backbone, width, depth, pretrained = cfg['op'], cfg['backbone'], cfg['width'], cfg['depth'], cfg['pretrained']
+    print(f'data: {what}: {len(train_ds)} train / {len(valid_ds)} val videos, {len(train_ds.classes)} classes, '
+          f"{cfg['frames']}×{cfg['stride']} frames at {size}×{size}")
+    arch = f'tiny ResNet (width {width})' if depth == 0 else f'ResNet-{depth}' + (f' ({pretrained} init)' if pretrained else '')
+    print(f'model: {backbone} {arch} + {op} at {places or "nowhere"}: '
+          f'{count_params(model):,} parameters, {macs / 1e6:.1f} MMACs per clip')
+    if getattr(model, 'fitted', None): print(f'{op} fitted to {size}×{size} clips: {describe_fitted(model.fitted)}')
+    print(f'device: {device}, {world} process(es), {torch.get_num_threads()} thread(s) each; run folder: {out}')
+
+# %% ../nbs/31_cli.ipynb #480cb912
+def _make_learner(model, train_ds, valid_ds, places, out: Path, cfg: dict, device, workers, channels_last, compile,
+                  ckpt_every, ckpt_minutes, progress, cbs):
+    "The `Learner` of a run: metrics and checkpoints into `out`, a progress bar if asked, the operators' own weight decay."
+    from nonlocal_book.train.learner import Learner, MetricsCB, ProgressCB, CheckpointCB
+    cbs = [MetricsCB(out / 'metrics.jsonl'), CheckpointCB(out, every=ckpt_every or None, minutes=ckpt_minutes), *cbs]
+    if progress: cbs.append(ProgressCB())
+    overrides = operator_weight_decay(places, cfg['op_weight_decay']) if cfg['op_weight_decay'] >= 0 else None
+    return Learner(model, train_ds, valid_ds, epochs=cfg['epochs'], batch_size=cfg['batch_size'], lr=cfg['lr'], warmup_epochs=cfg['warmup'],
+                   weight_decay=cfg['weight_decay'], wd_overrides=overrides, clip_grad=cfg['clip_grad'] or None, amp=cfg['amp'],
+                   channels_last=channels_last, compile=compile, device=device, num_workers=workers, seed=cfg['seed'], cbs=cbs)
+
+def _resume(learn, out: Path, epochs: int, rank: int):
+    "Continue from the checkpoint in `out`; returns the saved results of a run that has already trained `epochs`, else None."
+    from nonlocal_book.train.learner import CheckpointError
+    try: learn.load(out / 'last.pt')
+    except CheckpointError as e: raise UsageError(f'--resume: {e}')
+    if learn.epoch >= epochs and (out / 'results.json').exists():
+        if rank == 0: print(f'{out} is a finished run ({learn.epoch} epochs): its results are kept; pass --epochs > {learn.epoch} to train on')
+        return json.loads((out / 'results.json').read_text())
+    if rank == 0: print(f'resumed at epoch {learn.epoch + 1}, batch {learn.batch}')
+
+# %% ../nbs/31_cli.ipynb #480cb926
+def _finish(learn, model, cfg: dict, macs, t0: float, out: Path, rank: int) -> dict:
+    "The results row of a trained run; rank 0 writes it (results.json), the unreadable videos met and the learning curves."
+    from nonlocal_book.train.learner import plot_history
+    op, backbone = cfg['op'], cfg['backbone']
+    final = learn.history[-1] if learn.history else learn.evaluate()
+    bad = _gather_bad(learn)
+    row = dict(operator=op, backbone=backbone, params=count_params(model), **{'MMACs/clip': macs / 1e6},
+               **{'clip top-1': final['clip_top1'], 'video top-1': final['video_top1'],
+                  'clips/s': final.get('clips_per_s', float('nan')), 'minutes': (time.time() - t0) / 60},
+               **{'bad videos': sum(map(len, bad.values()))})
+    if rank == 0:
+        (out / 'results.json').write_text(json.dumps(row, indent=1))
+        if any(bad.values()):
+            (out / 'bad_videos.json').write_text(json.dumps(bad, indent=1))
+            print(f"{len(bad['train'])} training and {len(bad['valid'])} validation videos are unreadable: left out of training "
+                  f"and of the scores (listed in {out / 'bad_videos.json'})", file=sys.stderr)
+        if learn.history:
+            import matplotlib.pyplot as plt        # no backend switch: a notebook calling this keeps its inline plots
+            ax = plot_history(learn.history, f'{op} in {backbone}')
+            ax[0].figure.savefig(out / 'curves.png', dpi=100); plt.close(ax[0].figure)
+    return row
+
+# %% ../nbs/31_cli.ipynb #480cb928
+def _train_in_folder(out: Path, cfg: dict, options: dict, size: int, resume: bool, rank: int, world: int, device,
+                     test_clips: int, progress: bool, learner_options: dict) -> dict:
+    "Load the data, build and describe the model, train it (or find it trained) and return the results row."
+    t0 = time.time()
+    train_ds, valid_ds, what = load_data(cfg['data'], cfg['frames'], cfg['stride'], cfg['seed'], clips=test_clips,
+                                         progress=progress and rank == 0, videos=cfg['videos'], crop=cfg['crop'])
+    model, places, size, macs = _build_for_data(cfg, train_ds, what, options, size, resume)
+    if rank == 0: _start_run_folder(out, cfg, what, train_ds, valid_ds, size, model, places, macs, device, world)
+    learn = _make_learner(model, train_ds, valid_ds, places, out, cfg, device, progress=progress, **learner_options)
+    if resume:
+        done = _resume(learn, out, cfg['epochs'], rank)
+        if done is not None: return done
+    learn.fit()
+    return _finish(learn, model, cfg, macs, t0, out, rank)
+
+# %% ../nbs/31_cli.ipynb #480cb914
+def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8, stride=2, epochs=8, batch_size=16, lr=0.1,
+                 warmup=1.0, weight_decay=1e-4, clip_grad=0.0, amp='none', channels_last=False, compile=False, workers=0,
+                 out='runs/train', resume=False, seed=0, test_clips=3, progress=True, ckpt_every=0, dropout=0.0,
+                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='', cbs=(),
+                 ckpt_minutes=5.0, threads=0):
+    """Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner
+    callbacks; `threads`: intra-op threads (0: `pick_threads`)."""
+    from nonlocal_book.train.learner import TrainingInterrupted
+    from nonlocal_book.train.distributed import setup_distributed, cleanup_distributed
+    _check_arguments(op, preset, backbone, amp, dropout, lr, pretrained, depth,
+                     dict(frames=frames, stride=stride, epochs=epochs, batch_size=batch_size, width=width, test_clips=test_clips, crop=crop),
+                     (('workers', workers, 'load in the main process'), ('ckpt_every', ckpt_every, 'no step-based checkpoints'),
+                      ('ckpt_minutes', ckpt_minutes, 'no time-based checkpoints'), ('threads', threads, 'choose automatically')))
+    options = parse_options(op_options)
+    size = input_size(data, crop)
+    build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth, options=options, size=size)   # it fits (no weights)
+    out = Path(out)
+    data, videos, pretrained = (_absolute(k, v) for k, v in (('data', data), ('videos', videos), ('pretrained', pretrained)))
+    config = dict(op=op, preset=preset, backbone=backbone, width=width, data=data, frames=frames, stride=stride, epochs=epochs,
+                  batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip_grad=clip_grad, amp=amp, seed=seed,
+                  dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos, op_weight_decay=op_weight_decay,
+                  op_options=op_options)
+    _check_out(out, config, resume)
     torch.set_num_threads(pick_threads(threads))
     rank, world, device = setup_distributed()
     together = False                    # every rank reaches the end alike: leave the process group together
     try:
-        t0 = time.time()
-        train_ds, valid_ds, what = load_data(data, frames, stride, seed, clips=test_clips, progress=progress and rank == 0,
-                                             videos=videos, crop=crop)
-        _check_span(train_ds, frames, stride, synthetic=(Path(data or '.').expanduser() / 'synthetic.json').exists() or data in ('', 'synthetic'))
-        model, places = build_model(op, backbone, len(train_ds.classes), width, frames, preset, seed, dropout, depth,
-                                    '' if resume else pretrained, options, size=size)   # a resumed run's weights come from its checkpoint
-        _, first = _first_readable(train_ds)
-        if first is None: raise UsageError(f'none of the {len(train_ds)} training videos of {what} can be read (dataset.verify() lists why)')
-        size = first[0].shape[-1]
-        try: macs = count_macs(model, torch.randn(1, 3, frames, size, size))     # also: the operator runs at this size
-        except ValueError as e:
-            raise UsageError(f'{op} cannot run on {frames}×{size}×{size} clips in this backbone: {e}' + (' (block options: --op_options)' if op != 'none' else ''))
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / 'config.json').write_text(json.dumps(config, indent=1))
-            print(f'data: {what}: {len(train_ds)} train / {len(valid_ds)} val videos, {len(train_ds.classes)} classes, '
-                  f'{frames}×{stride} frames at {size}×{size}')
-            arch = f'tiny ResNet (width {width})' if depth == 0 else f'ResNet-{depth}' + (f' ({pretrained} init)' if pretrained else '')
-            print(f'model: {backbone} {arch} + {op} at {places or "nowhere"}: '
-                  f'{count_params(model):,} parameters, {macs / 1e6:.1f} MMACs per clip')
-            if getattr(model, 'fitted', None): print(f'{op} fitted to {size}×{size} clips: {describe_fitted(model.fitted)}')
-            print(f'device: {device}, {world} process(es), {torch.get_num_threads()} thread(s) each; run folder: {out}')
-        cbs = [MetricsCB(out / 'metrics.jsonl'), CheckpointCB(out, every=ckpt_every or None, minutes=ckpt_minutes), *cbs]
-        if progress: cbs.append(ProgressCB())
-        overrides = operator_weight_decay(places, op_weight_decay) if op_weight_decay >= 0 else None
-        learn = Learner(model, train_ds, valid_ds, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup,
-                        weight_decay=weight_decay, wd_overrides=overrides, clip_grad=clip_grad or None, amp=amp,
-                        channels_last=channels_last, compile=compile, device=device, num_workers=workers, seed=seed, cbs=cbs)
-        if resume:
-            try: learn.load(out / 'last.pt')
-            except CheckpointError as e: raise UsageError(f'--resume: {e}')
-            if learn.epoch >= epochs and (out / 'results.json').exists():
-                if rank == 0: print(f'{out} is a finished run ({learn.epoch} epochs): its results are kept; pass --epochs > {learn.epoch} to train on')
-                together = True
-                return json.loads((out / 'results.json').read_text())
-            if rank == 0: print(f'resumed at epoch {learn.epoch + 1}, batch {learn.batch}')
-        learn.fit()
-        final = learn.history[-1] if learn.history else learn.evaluate()
-        bad = _gather_bad(learn)
-        row = dict(operator=op, backbone=backbone, params=count_params(model), **{'MMACs/clip': macs / 1e6},
-                   **{'clip top-1': final['clip_top1'], 'video top-1': final['video_top1'],
-                      'clips/s': final.get('clips_per_s', float('nan')), 'minutes': (time.time() - t0) / 60},
-                   **{'bad videos': sum(map(len, bad.values()))})
-        if rank == 0:
-            (out / 'results.json').write_text(json.dumps(row, indent=1))
-            if any(bad.values()):
-                (out / 'bad_videos.json').write_text(json.dumps(bad, indent=1))
-                print(f"{len(bad['train'])} training and {len(bad['valid'])} validation videos are unreadable: left out of training "
-                      f"and of the scores (listed in {out / 'bad_videos.json'})", file=sys.stderr)
-            if learn.history:
-                import matplotlib.pyplot as plt        # no backend switch: a notebook calling this keeps its inline plots
-                ax = plot_history(learn.history, f'{op} in {backbone}')
-                ax[0].figure.savefig(out / 'curves.png', dpi=100); plt.close(ax[0].figure)
+        row = _train_in_folder(out, config, options, size, resume, rank, world, device, test_clips, progress,
+                               dict(workers=workers, channels_last=channels_last, compile=compile, ckpt_every=ckpt_every,
+                                    ckpt_minutes=ckpt_minutes, cbs=cbs))
         together = True
         return row
     except KeyboardInterrupt as e:
@@ -495,7 +557,30 @@ def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8,
         raise
     finally: cleanup_distributed(together)
 
+# %% ../nbs/31_cli.ipynb #480cb916
+def _interrupted(e: KeyboardInterrupt, out: str):
+    "After Ctrl-C or SIGTERM (the Learner stopped after a step and saved it): say how to go on (rank 0), exit 130 or 143."
+    from nonlocal_book.train.learner import TrainingInterrupted
+    clean = isinstance(e, TrainingInterrupted)
+    if int(os.environ.get('RANK', 0)) == 0:
+        where = (f"{Path(out) / 'last.pt'} holds {'this' if clean else 'the last clean'} position: run the same command with "
+                 f"--resume to continue." if has_checkpoint(out) else
+                 f"no checkpoint was written yet ({Path(out) / 'last.pt'} does not exist): run the same command again to start over.")
+        print(f"\n{e if clean else 'interrupted in the middle of a step'}. {where}", file=sys.stderr)
+    sys.exit(143 if 'SIGTERM' in str(e) else 130)
 
+def _train_command(quiet: bool = False, **options):
+    "What `nlb_train` does with its options: `run_training`, one-line errors, a word on a stopped run, the results table."
+    try: row = run_training(progress=not quiet, **options)
+    except UsageError as e: _usage(e)
+    except KeyboardInterrupt as e: _interrupted(e, options['out'])
+    except RuntimeError as e:
+        from nonlocal_book.train.learner import UnreadableData
+        if not isinstance(e, UnreadableData): raise
+        _usage(e)
+    if int(os.environ.get('RANK', 0)) == 0: print('\n' + results_table([row]))
+
+# %% ../nbs/31_cli.ipynb #480cb918
 @call_parse
 def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'none'", str) = 'nl',
           preset: Param("where: a backbone preset (nl, rnl, cgd, bat, a2, gta, ...); default: the operator's paper's places", str) = '',
@@ -530,29 +615,9 @@ def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'no
           threads: Param("CPU threads per process (0: $OMP_NUM_THREADS if set, else half the cores; see the CLI chapter)", int) = 0,
           quiet: Param("no progress bars", store_true) = False):
     "Train a video ResNet with one of the book's operators (a small one on the synthetic set by default) and print a results table."
-    try:
-        row = run_training(op=op, preset=preset, backbone=backbone, width=width, data=data, frames=frames, stride=stride,
-                           epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay,
-                           clip_grad=clip_grad, amp=amp, channels_last=channels_last, compile=compile, workers=workers, out=out,
-                           resume=resume, seed=seed, test_clips=test_clips, progress=not quiet, ckpt_every=ckpt_every,
-                           dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos,
-                           op_weight_decay=op_weight_decay, op_options=op_options, ckpt_minutes=ckpt_minutes, threads=threads)
-    except UsageError as e: _usage(e)
-    except KeyboardInterrupt as e:                      # Ctrl-C or SIGTERM: the Learner stopped after a step and saved it
-        from nonlocal_book.train.learner import TrainingInterrupted
-        clean = isinstance(e, TrainingInterrupted)
-        if int(os.environ.get('RANK', 0)) == 0:
-            where = (f"{Path(out) / 'last.pt'} holds {'this' if clean else 'the last clean'} position: run the same command with "
-                     f"--resume to continue." if has_checkpoint(out) else
-                     f"no checkpoint was written yet ({Path(out) / 'last.pt'} does not exist): run the same command again to start over.")
-            print(f"\n{e if clean else 'interrupted in the middle of a step'}. {where}", file=sys.stderr)
-        sys.exit(143 if 'SIGTERM' in str(e) else 130)
-    except RuntimeError as e:
-        from nonlocal_book.train.learner import UnreadableData
-        if not isinstance(e, UnreadableData): raise
-        _usage(e)
-    if int(os.environ.get('RANK', 0)) == 0: print('\n' + results_table([row]))
+    _train_command(**locals())          # every option above, by name
 
+# %% ../nbs/31_cli.ipynb #480cb920
 def load_run(out='runs/train', clips: int = 1, data: str = '', crops: int = 1) -> tuple:
     """(model, validation set, its description, config) of the run in `out`: the model rebuilt from config.json with the
     checkpoint's weights (weights_only), the data with `clips` clips (× `crops` crops) per video — what `nlb_eval` tests."""
@@ -582,6 +647,7 @@ def load_run(out='runs/train', clips: int = 1, data: str = '', crops: int = 1) -
     except RuntimeError as e: raise UsageError(f'{out}: the checkpoint does not fit the model config.json describes: {str(e).splitlines()[0]}')
     return model, valid_ds, what, cfg
 
+# %% ../nbs/31_cli.ipynb #480cb922
 def evaluate_run(out='runs/train', clips: int = 10, data: str = '', batch_size: int = 8, crops: int = 1) -> dict:
     "Rebuild the model of the run in `out`, load its checkpoint (weights_only) and test it with `clips` clips (× `crops` crops) per video."
     from nonlocal_book.train.learner import Learner
@@ -607,6 +673,7 @@ def evaluate(out: Param("run folder written by nlb_train", str) = 'runs/train',
     if r['bad_videos']:
         print(f"{r['bad_videos']} unreadable videos were left out of these scores, e.g. {next(iter(r['bad']))}", file=sys.stderr)
 
+# %% ../nbs/31_cli.ipynb #480cb924
 @call_parse
 def synthetic(out: Param("folder to write the synthetic set to", str) = '',
               seed: Param("random seed", int) = 0,
@@ -649,39 +716,50 @@ def read_annotations(annotations) -> list:
     if not rows: raise UsageError(f'--annotations {annotations}: no labelled train or val rows (a test split has no labels)')
     return rows
 
+# %% ../nbs/31_cli.ipynb #05d6c202
+def _mini_rows(rows, mini_lists: str) -> tuple:
+    "The rows of Mini-Kinetics-200 among `rows` (its id lists from `mini_lists`, else downloaded once), and how many there are."
+    from nonlocal_book.data.kinetics import mini_kinetics_ids, build_mini_kinetics
+    lists = Path(mini_lists).expanduser() if mini_lists else None
+    try:
+        ids = {s: mini_kinetics_ids(s, path=lists / f'{s}_ytid_list.txt' if lists else None, cache_dir=cache_dir())
+               for s in ('train', 'val')}
+    except (OSError, ValueError) as e: raise UsageError(f'--mini: {e}')
+    rows, _, rep = build_mini_kinetics(rows, ids['train'], ids['val'], strict=False)
+    return rows, f"Mini-Kinetics-200 ({rep['train']:,} train + {rep['val']:,} val of its ids are in the annotations)"
+
+def _rows_on_disk(rows, videos: str, want, train: int, val: int, source: str) -> tuple:
+    "The rows whose video is below `videos` (for a class count: of classes with enough of them), and `source` extended."
+    from nonlocal_book.data.kinetics import index_videos
+    from collections import Counter
+    try: index = index_videos(videos)
+    except FileNotFoundError as e: raise UsageError(f'--videos: {e}')
+    rows = [r for r in rows if r.stem in index]
+    source += f', {len(rows):,} of them on disk below {videos}'
+    n = Counter((r.label, r.split) for r in rows)
+    ready = sorted({r.label for r in rows if n[(r.label, 'train')] >= train and n[(r.label, 'val')] >= val})
+    if isinstance(want, int):
+        if want > len(ready):
+            raise UsageError(f'only {len(ready)} classes have {train} train and {val} val videos below {videos}; '
+                             f'ask for fewer classes or videos per class, or download more')
+        rows = [r for r in rows if r.label in set(ready)]
+    return rows, source
+
+# %% ../nbs/31_cli.ipynb #05d6c204
 def build_subset(annotations, out, videos: str = '', classes='10', train: int = 40, val: int = 10, seed: int = 0,
                  mini: bool = False, mini_lists: str = '') -> dict:
     """Cut an N-class subset of Kinetics (or of Mini-Kinetics-200 with `mini`) into `out`: train.csv, val.csv (manifests with
     SHA-256 sidecars) and subset.json. With `videos`, only videos found below it are used and only classes with enough of them
     are chosen, so a partial download still gives a complete subset. `classes`: a count or comma-separated names."""
-    from nonlocal_book.data.kinetics import index_videos, make_subset, write_manifest, mini_kinetics_ids, build_mini_kinetics
-    from collections import Counter
+    from nonlocal_book.data.kinetics import make_subset, write_manifest
     if min(train, val) < 1: raise UsageError('--train and --val must be >= 1')
     names = [c.strip() for c in str(classes).split(',') if c.strip()]
     want = int(names[0]) if len(names) == 1 and names[0].isdigit() else names
     if want in (0, []): raise UsageError('--classes must be a positive count or class names')
     rows = read_annotations(annotations)
     source = f'{len(rows):,} labelled Kinetics rows'
-    if mini:
-        lists = Path(mini_lists).expanduser() if mini_lists else None
-        try:
-            ids = {s: mini_kinetics_ids(s, path=lists / f'{s}_ytid_list.txt' if lists else None, cache_dir=cache_dir())
-                   for s in ('train', 'val')}
-        except (OSError, ValueError) as e: raise UsageError(f'--mini: {e}')
-        rows, _, rep = build_mini_kinetics(rows, ids['train'], ids['val'], strict=False)
-        source = f"Mini-Kinetics-200 ({rep['train']:,} train + {rep['val']:,} val of its ids are in the annotations)"
-    if videos:
-        try: index = index_videos(videos)
-        except FileNotFoundError as e: raise UsageError(f'--videos: {e}')
-        rows = [r for r in rows if r.stem in index]
-        source += f', {len(rows):,} of them on disk below {videos}'
-        n = Counter((r.label, r.split) for r in rows)
-        ready = sorted({r.label for r in rows if n[(r.label, 'train')] >= train and n[(r.label, 'val')] >= val})
-        if isinstance(want, int):
-            if want > len(ready):
-                raise UsageError(f'only {len(ready)} classes have {train} train and {val} val videos below {videos}; '
-                                 f'ask for fewer classes or videos per class, or download more')
-            rows = [r for r in rows if r.label in set(ready)]
+    if mini: rows, source = _mini_rows(rows, mini_lists)
+    if videos: rows, source = _rows_on_disk(rows, videos, want, train, val, source)
     try: chosen = make_subset(rows, classes=want, train=train, val=val, seed=seed)
     except ValueError as e: raise UsageError(str(e))
     out = Path(out).expanduser()
@@ -694,6 +772,7 @@ def build_subset(annotations, out, videos: str = '', classes='10', train: int = 
     return dict(info, classes=classes_out, train=sum(r.split == 'train' for r in chosen),
                 val=sum(r.split == 'val' for r in chosen), out=str(out))
 
+# %% ../nbs/31_cli.ipynb #05d6c206
 @call_parse
 def subset(annotations: Param("Kinetics-400 annotation CSVs: a folder with train.csv and val.csv (or validate.csv), or comma-separated files", str) = '',
            videos: Param("folder of the downloaded videos (flat or in class folders); only videos found there are used", str) = '',

@@ -207,6 +207,7 @@ class OpSpec:
         "Build the block for `channels` input channels; `kwargs` override the registered defaults."
         return self.cls(channels, **{**self.defaults, **kwargs})
 
+# %% ../nbs/00_notation.ipynb #6275a602
 OPERATORS: dict = {}
 
 def register(name: str, cls: type | None = None, *, doc: str = '', image: bool = True, frames: int = 4, size: int = 8,
@@ -223,6 +224,7 @@ def register(name: str, cls: type | None = None, *, doc: str = '', image: bool =
         return c
     return _register(cls) if cls is not None else _register
 
+# %% ../nbs/00_notation.ipynb #6275a604
 def load_operators():
     "Import every module of `nonlocal_book.ops`, so that each registers its operators."
     import nonlocal_book.ops as ops

@@ -1,5 +1,5 @@
-"""The teaching layer of every chapter: a bibliography citation (operator chapters), a summary, and at least three exercises
-each with a folded, running solution; a report of code cells longer than 40 lines (counted, not failed: the lead decides)."""
+"""The teaching layer of every chapter: a bibliography citation (operator chapters), a summary, at least three exercises
+each with a folded, running solution, and code cells short enough to read in one sitting (at most 40 lines)."""
 import json, re
 from pathlib import Path
 import pytest
@@ -91,21 +91,61 @@ def test_exercise_check_can_fail(tmp_path):
     assert exercises(nb(('markdown', '**Exercise 1.** Derive.'))) == [(1, False, False)]
 
 
-def long_code_cells(limit=40):
-    "(notebook, cell index, lines, folded) of every code cell over `limit` lines, over all notebooks."
+LIMIT = 40                       # lines of a code cell (its source, stripped), directives included
+# Cells allowed over LIMIT: only measurement or plot cells that the site folds (`#| code-fold: true`), by (notebook, cell id).
+FOLDED_MEASUREMENTS = set()
+# Long cells that are being split elsewhere, by (notebook, cell id); each comes off this list when its split lands.
+PENDING = {
+    ('02_bat.ipynb', '3c49e874'),       # materialised / peak_bytes / best_time: 02 is being edited on another branch
+    ('02_bat.ipynb', '57884742'),       # BATransform: likewise
+    ('04_cgd.ipynb', '11e6a7e6'),       # CGDBlock: 04 is being edited on another branch
+    ('22_synthetic.ipynb', 'bb7d0804'), # render_clip, one 41-line function: 22 has pending edits, so only its cells were split
+}
+
+
+def cell_lines(c) -> int: return len(src(c).strip().splitlines())
+
+
+def long_code_cells(limit=LIMIT, paths=None):
+    "(notebook, cell index, cell id, lines, folded) of every code cell over `limit` lines, over all notebooks (or `paths`)."
     out = []
-    for nb in sorted(NBS.glob('*.ipynb')):
+    for nb in sorted(NBS.glob('*.ipynb')) if paths is None else paths:
         for i, c in enumerate(cells(nb)):
-            n = len(src(c).splitlines())
-            if c['cell_type'] == 'code' and n > limit:
-                out.append((nb.name, i, n, src(c).lstrip().startswith(FOLD)))
+            if c['cell_type'] == 'code' and cell_lines(c) > limit:
+                out.append((nb.name, i, c.get('id'), cell_lines(c), src(c).lstrip().startswith(FOLD[0])))
     return out
 
 
-def test_report_long_code_cells(capsys):
-    "Counts code cells longer than 40 lines; reported, not failed (target: none outside folded measurement cells)."
+def unexpected_long_cells(long, allowed=FOLDED_MEASUREMENTS, pending=PENDING):
+    "The long cells that neither list excuses: a folded-measurement entry only counts while its cell is still folded."
+    return [(n, i, cid, k) for n, i, cid, k, folded in long
+            if (n, cid) not in pending and not ((n, cid) in allowed and folded)]
+
+
+def test_code_cells_read_in_one_sitting(capsys):
+    "No code cell longer than 40 lines outside the two short lists above; a listed cell that got short must leave its list."
     long = long_code_cells()
     with capsys.disabled():
-        print(f'\ncode cells > 40 lines: {len(long)} ({sum(f for *_, f in long)} folded)')
-        for name, i, n, folded in long: print(f'  {name} cell {i}: {n} lines{" (folded)" if folded else ""}')
-    assert all(n > 40 for _, _, n, _ in long)
+        print(f"\ncode cells > {LIMIT} lines: {len(long)}, of them pending a split elsewhere: "
+              f"{sum((n, cid) in PENDING for n, _, cid, *_ in long)}")
+    bad = unexpected_long_cells(long)
+    assert not bad, ('code cells longer than 40 lines: split them at natural boundaries (one class or a few functions each, '
+                     'a sentence before each piece): ' + '; '.join(f'{n} cell {i} (id {cid}): {k} lines' for n, i, cid, k in bad))
+    listed = {(n, cid) for n, _, cid, *_ in long}
+    stale = sorted((FOLDED_MEASUREMENTS | PENDING) - listed)
+    assert not stale, f'these cells are no longer over {LIMIT} lines (or gone): take them off FOLDED_MEASUREMENTS / PENDING: {stale}'
+
+
+def test_long_cell_check_can_fail(tmp_path):
+    "The check itself: a 41-line cell is caught, a 40-line one is not; a listed cell is excused only while it stays folded."
+    def nb(*sources):
+        p = tmp_path / 'x.ipynb'
+        p.write_text(json.dumps({'cells': [{'cell_type': 'code', 'id': f'c{i}', 'source': [s], 'metadata': {}}
+                                           for i, s in enumerate(sources)]}))
+        return [p]
+    body = lambda n, head='': head + '\n'.join(f'x{j} = {j}' for j in range(n - bool(head))) + '\n\n'
+    long = long_code_cells(paths=nb(body(40), body(41), body(41, '#| code-fold: true\n')))
+    assert [(i, k, folded) for _, i, _, k, folded in long] == [(1, 41, False), (2, 41, True)]
+    assert [i for _, i, *_ in unexpected_long_cells(long, allowed=set(), pending=set())] == [1, 2]
+    assert [i for _, i, *_ in unexpected_long_cells(long, allowed={('x.ipynb', 'c1'), ('x.ipynb', 'c2')}, pending=set())] == [1]
+    assert unexpected_long_cells(long, allowed=set(), pending={('x.ipynb', 'c1'), ('x.ipynb', 'c2')}) == []

@@ -38,6 +38,7 @@ class KineticsRow(NamedTuple):
     @property
     def stem(self) -> str: return kinetics_filename(self.youtube_id, self.time_start, self.time_end, ext='')
 
+# %% ../../nbs/21_kinetics.ipynb #5066dd02
 @contextlib.contextmanager
 def _bulk():
     "Pause the cyclic garbage collector while building ~10⁵ small tuples (it would rescan them again and again)."
@@ -70,6 +71,7 @@ def read_kinetics_csv(path, split: str | None = None) -> list:
             if split is None or row.split == split: rows.append(row)
     return rows
 
+# %% ../../nbs/21_kinetics.ipynb #5066dd04
 def write_kinetics_csv(rows, path) -> Path:
     "Write `KineticsRow`s as an official-format CSV (labels quoted where needed); returns the path."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +201,7 @@ def _check_ids(ids, split, path, expected):
                          f"{expected}; the file is truncated or not the right list (pass expected=None to accept it)")
     return ids
 
+# %% ../../nbs/21_kinetics.ipynb #bf8eca02
 def mini_kinetics_ids(split: str, path=None, cache_dir=None, url: str | None = None, sha256: str | None = None,
                       expected: int | None = 'published', timeout: float = 30) -> list:
     """The Mini-Kinetics-200 YouTube ids of `split` ('train' | 'val'): read from `path`, else from the cache in `cache_dir`
@@ -309,6 +312,7 @@ def make_subset(rows, classes=10, train: int = 40, val: int = 10, seed: int = 0,
     if short: raise ValueError(f"{len(short)} classes are too small: " + '; '.join(short[:5]))
     return out
 
+# %% ../../nbs/21_kinetics.ipynb #94be2102
 def write_manifest(rows, path, **info) -> Path:
     "Write `rows` as a Kinetics CSV at `path` and `path`.json with `info`, the counts and the CSV's SHA-256."
     path = write_kinetics_csv(rows, path)

@@ -30,6 +30,7 @@ TIME_REVERSED = {'move_right': 'move_left', 'move_left': 'move_right', 'appear':
                  'different_color': 'different_color', 'square': 'square', 'disk': 'disk'}
 PALETTE = np.array([[230, 60, 60], [60, 200, 60], [70, 110, 240], [240, 220, 50], [220, 80, 220], [60, 220, 220]], np.uint8)
 
+# %% ../../nbs/22_synthetic.ipynb #bb7d0802
 def _draw(frame, shape, cx, cy, r, color):
     "Paint a square of half-side r, or a disk of the same area, centred at (cx, cy) (pixels, floats)."
     H, W = frame.shape[:2]
@@ -47,6 +48,7 @@ def _objects_clip(tracks, frames, size, bg):
             if vis[t]: _draw(clip[t], shape, xs[t], ys[t], r, color)
     return clip
 
+# %% ../../nbs/22_synthetic.ipynb #bb7d0804
 def render_clip(label: str, rng: np.random.Generator, frames: int = 16, size: int = 32) -> np.ndarray:
     """One clip of class `label` as uint8 (frames, size, size, 3), drawn from `rng`.
     Classes whose name is the time reversal of another are rendered as that class played backwards."""
@@ -104,6 +106,7 @@ def read_debug_index(frame, frames_in_video: int = 64) -> int:
 
 def _clip_seed(seed, split, c, i): return np.random.default_rng([seed, ('train', 'val').index(split), c, i])
 
+# %% ../../nbs/22_synthetic.ipynb #96da2c02
 def generate_synthetic(root, seed: int = 0, train_per_class: int = 48, val_per_class: int = 16, frames: int = 16,
                        size: int = 32, fps: int = 8, classes=SYNTHETIC_CLASSES, debug: bool = False,
                        overwrite: bool = False, progress: bool = False) -> dict:
@@ -181,6 +184,7 @@ class TimeProbe(torch.utils.data.Dataset):
             x = x.index_select(-3, perm)
         return (x, y, *rest)
 
+# %% ../../nbs/22_synthetic.ipynb #d5a4cb02
 def frame_stats(clip: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
     """Per-frame foreground statistics of a clip (C, T, H, W) in [0, 1]: (T, 4) = centroid x, centroid y, area, x spread.
     The foreground is where a pixel differs from the clip's median colour by more than `threshold`."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from einops import rearrange
 from ..core import *
 
@@ -41,6 +42,7 @@ def write_video(path, frames, fps: float = 8, crf: int = 12, preset: str = 'ultr
         for packet in stream.encode(): container.mux(packet)
     return str(path)
 
+# %% ../../nbs/20_video.ipynb #9d697402
 def stamp_index(frame: np.ndarray, index: int, bits: int = 8, rows=None) -> np.ndarray:
     "Paint `index` into `frame` (H, W, 3) uint8 as `bits` black/white vertical bars (MSB first) over `rows` (default: all rows)."
     H, W = frame.shape[:2]
@@ -96,6 +98,7 @@ def resolve_backend(backend: str | None = 'pyav') -> str:
                          "FFmpeg it supports); use backend='pyav'")
     return backend
 
+# %% ../../nbs/20_video.ipynb #13f63602
 def _fail(path, what, err=None):
     reason = f": {type(err).__name__}: {err}" if err is not None else ''
     return VideoDecodeError(f"cannot decode {path}: {what}{reason}")
@@ -134,6 +137,7 @@ def video_info(path, backend: str | None = 'pyav') -> VideoInfo:
     except Exception as e: raise _fail(path, 'cannot read the stream header', e) from e
     finally: container.close()
 
+# %% ../../nbs/20_video.ipynb #13f63604
 def decode_frames(path, indices, backend: str | None = 'pyav') -> torch.Tensor:
     "Frames at `indices` (any order, repeats allowed) of the video at `path`, as uint8 (len(indices), H, W, 3)."
     path, indices = str(path), [int(i) for i in np.asarray(indices).reshape(-1)]
@@ -236,6 +240,7 @@ def crop_clip(x: torch.Tensor, top: int, left: int, height: int, width: int | No
                          f"{max(height, width)} first, or crop smaller")
     return x[..., top:top + height, left:left + width]
 
+# %% ../../nbs/20_video.ipynb #7938c302
 class Compose:
     "Apply transforms in order."
     def __init__(self, *tfms): self.tfms = [t for t in tfms if t is not None]
@@ -269,6 +274,7 @@ class CenterCrop:
         return crop_clip(x, (H - self.size) // 2, (W - self.size) // 2, self.size)
     def __repr__(self): return f"CenterCrop({self.size})"
 
+# %% ../../nbs/20_video.ipynb #7938c304
 class ThreeCrop:
     "Three `size` × `size` crops along the long side (start, centre, end), stacked as (3, C, T, size, size)."
     def __init__(self, size: int): self.size = size
@@ -299,6 +305,7 @@ class Normalize:
         return (x - m) / s
     def __repr__(self): return f"Normalize(mean={self.mean}, std={self.std})"
 
+# %% ../../nbs/20_video.ipynb #7938c306
 def train_transform(crop: int = 224, scale=(256, 320), flip: bool = True, mean=KINETICS_MEAN, std=KINETICS_STD, generator=None):
     "Training recipe: short side jittered in `scale`, random `crop`, horizontal flip (if `flip`), normalisation."
     return Compose(ShortSideScale(scale, generator) if scale else None, RandomCrop(crop, generator),
@@ -346,53 +353,60 @@ class VideoDataset(torch.utils.data.Dataset):
         # drawn from torch's generator, which PyTorch seeds differently in every DataLoader worker
         return np.random.default_rng(int(torch.randint(0, 2 ** 62, ())))
 
-    def load(self, i: int):
-        "Clip(s) of item `i` and their frame indices; raises `VideoDecodeError` for an unreadable file."
-        item = self.items[i]
-        n = video_info(item.path, self.backend).num_frames
-        if n < 1: raise _fail(item.path, 'the container reports no frames')
-        idx = sample_indices(n, self.frames, self.stride, self.sampling, self.clips, self.train, self._rng(), self.short)
-        flat = decode_frames(item.path, idx.reshape(-1), self.backend)
-        clips = rearrange(flat, '(k t) h w c -> k c t h w', k=idx.shape[0]).float().div_(255)
-        views = [self.transform(c) if self.transform is not None else c for c in clips]
-        views = [v if v.ndim == 5 else v[None] for v in views]
-        x = torch.cat(views)
-        return (x[0] if len(x) == 1 else x), n, idx
+# %% ../../nbs/20_video.ipynb #715a2802
+@patch
+def load(self: VideoDataset, i: int):
+    "Clip(s) of item `i` and their frame indices; raises `VideoDecodeError` for an unreadable file."
+    item = self.items[i]
+    n = video_info(item.path, self.backend).num_frames
+    if n < 1: raise _fail(item.path, 'the container reports no frames')
+    idx = sample_indices(n, self.frames, self.stride, self.sampling, self.clips, self.train, self._rng(), self.short)
+    flat = decode_frames(item.path, idx.reshape(-1), self.backend)
+    clips = rearrange(flat, '(k t) h w c -> k c t h w', k=idx.shape[0]).float().div_(255)
+    views = [self.transform(c) if self.transform is not None else c for c in clips]
+    views = [v if v.ndim == 5 else v[None] for v in views]
+    x = torch.cat(views)
+    return (x[0] if len(x) == 1 else x), n, idx
 
-    def __getitem__(self, i: int):
-        item = self.items[i]
-        try: x, n, idx = self.load(i)
-        except VideoDecodeError as e:
-            self.failures[item.path] = str(e)
-            return BadItem(i, item.path, str(e))
-        if not self.return_meta: return x, item.label
-        return x, item.label, dict(index=i, path=item.path, label=item.label, num_frames=n, indices=torch.from_numpy(idx))
+@patch
+def __getitem__(self: VideoDataset, i: int):
+    item = self.items[i]
+    try: x, n, idx = self.load(i)
+    except VideoDecodeError as e:
+        self.failures[item.path] = str(e)
+        return BadItem(i, item.path, str(e))
+    if not self.return_meta: return x, item.label
+    return x, item.label, dict(index=i, path=item.path, label=item.label, num_frames=n, indices=torch.from_numpy(idx))
 
-    def verify(self, progress: bool = False) -> dict:
-        "Open every video and decode its first frame; returns {path: reason} for those that fail (and records them)."
-        bad, it = {}, self.items
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(it, desc='verify', leave=False)
-        for item in it:
-            try:
-                n = video_info(item.path, self.backend).num_frames
-                decode_frames(item.path, [0, max(n - 1, 0)], self.backend)
-            except VideoDecodeError as e: bad[item.path] = str(e)
-        self.failures.update(bad)
-        return bad
+# %% ../../nbs/20_video.ipynb #715a2804
+@patch
+def verify(self: VideoDataset, progress: bool = False) -> dict:
+    "Open every video and decode its first frame; returns {path: reason} for those that fail (and records them)."
+    bad, it = {}, self.items
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc='verify', leave=False)
+    for item in it:
+        try:
+            n = video_info(item.path, self.backend).num_frames
+            decode_frames(item.path, [0, max(n - 1, 0)], self.backend)
+        except VideoDecodeError as e: bad[item.path] = str(e)
+    self.failures.update(bad)
+    return bad
 
-    def without(self, paths) -> 'VideoDataset':
-        "A copy of this dataset without the videos in `paths` (e.g. the keys of `verify()`)."
-        paths = set(map(str, paths))
-        new = object.__new__(type(self)); new.__dict__.update(self.__dict__)
-        new.items = [it for it in self.items if it.path not in paths]
-        new.failures = {}
-        return new
+@patch
+def without(self: VideoDataset, paths) -> 'VideoDataset':
+    "A copy of this dataset without the videos in `paths` (e.g. the keys of `verify()`)."
+    paths = set(map(str, paths))
+    new = object.__new__(type(self)); new.__dict__.update(self.__dict__)
+    new.items = [it for it in self.items if it.path not in paths]
+    new.failures = {}
+    return new
 
-    def __repr__(self):
-        return (f"{type(self).__name__}({len(self)} videos, {len(set(self.labels))} labels, {self.frames}×{self.stride} "
-                f"{self.sampling}, {'train' if self.train else f'test {self.clips} clips'})")
+@patch
+def __repr__(self: VideoDataset):
+    return (f"{type(self).__name__}({len(self)} videos, {len(set(self.labels))} labels, {self.frames}×{self.stride} "
+            f"{self.sampling}, {'train' if self.train else f'test {self.clips} clips'})")
 
 # %% ../../nbs/20_video.ipynb #a4750865
 def benchmark_loader(dataset, workers=(0, 1, 2), batch_size: int = 4, batches: int = 4, seed: int = 0) -> list:

@@ -8,6 +8,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 from einops import rearrange
 from ..core import *
 
@@ -74,6 +75,7 @@ class Bottleneck(nn.Module):
         y = self.bn3(self.conv3(y))
         return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
+# %% ../../nbs/10_backbones.ipynb #9728db02
 class BasicBlock(nn.Module):
     "ResNet basic block in 3D: conv1 (3×3, stride; t×3×3 when inflated) → [inner] → BN-ReLU → conv2 (3×3) → BN, + shortcut, ReLU."
     expansion = 1
@@ -111,6 +113,28 @@ class Stage(nn.Module):
 # %% ../../nbs/10_backbones.ipynb #d37c8550
 STAGES = ('res2', 'res3', 'res4', 'res5')
 
+def _stem(stem: str, in_channels: int, sc: int, stem_t: int) -> nn.Sequential:
+    "The stem: 7×7 conv (t = `stem_t`) and max-pool ('imagenet'), A²'s 3×5×5 conv ('a2'), or one 3×3 conv ('small')."
+    if stem == 'imagenet':
+        return nn.Sequential(_conv3d(in_channels, sc, stem_t, 7, (1, 2, 2)), nn.BatchNorm3d(sc), nn.ReLU(inplace=True),
+                             nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
+    if stem == 'a2':
+        return nn.Sequential(nn.Conv3d(in_channels, sc, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2), bias=False),
+                             nn.BatchNorm3d(sc), nn.ReLU(inplace=True))
+    return nn.Sequential(_conv3d(in_channels, sc, stem_t, 3), nn.BatchNorm3d(sc), nn.ReLU(inplace=True))
+
+def _stage(Block, name: str, cin: int, n: int, mid: int, stride: int, t_kernels, t_strides, **kwargs) -> tuple:
+    "Stage `name`: n blocks of width `mid`, the first with spatial `stride`; returns the `Stage` and its output channels."
+    if len(t_kernels) != n or len(t_strides) != n:
+        raise ValueError(f"{name}: t_kernels and t_strides need {n} entries (one per block), "
+                         f"got {len(t_kernels)} and {len(t_strides)}")
+    blocks = []
+    for i in range(n):
+        b = Block(cin, mid, stride=stride if i == 0 else 1, t_kernel=t_kernels[i], t_stride=t_strides[i], **kwargs)
+        blocks.append(b); cin = b.out_channels
+    return Stage(blocks), cin
+
+# %% ../../nbs/10_backbones.ipynb #d37c8502
 class VideoResNet(nn.Module):
     """ResNet on clips (B, 3, T, H, W) → logits (B, num_classes); images (B, 3, H, W) are read as T = 1.
     `layers`: blocks per stage; `t_kernels` / `t_strides`: per stage, one temporal kernel / stride per block."""
@@ -129,26 +153,12 @@ class VideoResNet(nn.Module):
         mids = mids or [width * 2 ** s for s in range(4)]
         sc = stem_channels or width
         self.config = dict(layers=tuple(layers), block=block, stem=stem, temporal_pool=temporal_pool, shift=shift)
-        if stem == 'imagenet':
-            self.stem = nn.Sequential(_conv3d(in_channels, sc, stem_t, 7, (1, 2, 2)), nn.BatchNorm3d(sc), nn.ReLU(inplace=True),
-                                      nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
-        elif stem == 'a2':
-            self.stem = nn.Sequential(nn.Conv3d(in_channels, sc, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2), bias=False),
-                                      nn.BatchNorm3d(sc), nn.ReLU(inplace=True))
-        else:
-            self.stem = nn.Sequential(_conv3d(in_channels, sc, stem_t, 3), nn.BatchNorm3d(sc), nn.ReLU(inplace=True))
+        self.stem = _stem(stem, in_channels, sc, stem_t)
         cin = sc
         for s, (name, n) in enumerate(zip(STAGES, layers)):
-            if len(t_kernels[s]) != n or len(t_strides[s]) != n:
-                raise ValueError(f"{name}: t_kernels and t_strides need {n} entries (one per block), "
-                                 f"got {len(t_kernels[s])} and {len(t_strides[s])}")
-            blocks = []
-            for i in range(n):
-                b = Block(cin, mids[s], stride=2 if (i == 0 and s > 0) else 1, t_kernel=t_kernels[s][i],
-                          t_stride=t_strides[s][i], inflate=inflate, shift=shift, fold_div=fold_div,
-                          **({'stride_on': stride_on} if block == 'bottleneck' else {}))
-                blocks.append(b); cin = b.out_channels
-            setattr(self, name, Stage(blocks))
+            stage, cin = _stage(Block, name, cin, n, mids[s], 2 if s > 0 else 1, t_kernels[s], t_strides[s], inflate=inflate,
+                                shift=shift, fold_div=fold_div, **({'stride_on': stride_on} if block == 'bottleneck' else {}))
+            setattr(self, name, stage)
             if name == 'res2':
                 self.tpool = nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1)) if temporal_pool else nn.Identity()
         self.feature_channels = cin
@@ -156,34 +166,39 @@ class VideoResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
         self._init(zero_init_residual)
 
-    def _init(self, zero_init_residual):
+# %% ../../nbs/10_backbones.ipynb #d37c8504
+@patch
+def _init(self: VideoResNet, zero_init_residual):
+    for m in self.modules():
+        if isinstance(m, nn.Conv3d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, nn.BatchNorm3d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+    if zero_init_residual:
         for m in self.modules():
-            if isinstance(m, nn.Conv3d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.BatchNorm3d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, Bottleneck): nn.init.zeros_(m.bn3.weight)
-                elif isinstance(m, BasicBlock): nn.init.zeros_(m.bn2.weight)
+            if isinstance(m, Bottleneck): nn.init.zeros_(m.bn3.weight)
+            elif isinstance(m, BasicBlock): nn.init.zeros_(m.bn2.weight)
 
-    def features(self, x):
-        "The res5 feature map (B, C, T', H', W')."
-        x, _ = to_video(x, 'VideoResNet input')
-        check_channels(x, self.stem[0].in_channels, 'VideoResNet')
-        w = self.stem[0].weight
-        if x.dtype != w.dtype and not autocast_on(x.device.type):
-            raise TypeError(f"VideoResNet has {w.dtype} weights but got {x.dtype} input: pass x.to({w.dtype}), or convert the model with .to({x.dtype})")
-        if self.config['temporal_pool'] and x.shape[2] < 2:
-            raise ValueError(f"this backbone max-pools time by 2 after res2, so it needs at least 2 frames (got T={x.shape[2]}); "
-                             "pass more frames or build it with temporal_pool=False")
-        x = self.tpool(self.res2(self.stem(x)))
-        return self.res5(self.res4(self.res3(x)))
+@patch
+def features(self: VideoResNet, x):
+    "The res5 feature map (B, C, T', H', W')."
+    x, _ = to_video(x, 'VideoResNet input')
+    check_channels(x, self.stem[0].in_channels, 'VideoResNet')
+    w = self.stem[0].weight
+    if x.dtype != w.dtype and not autocast_on(x.device.type):
+        raise TypeError(f"VideoResNet has {w.dtype} weights but got {x.dtype} input: pass x.to({w.dtype}), or convert the model with .to({x.dtype})")
+    if self.config['temporal_pool'] and x.shape[2] < 2:
+        raise ValueError(f"this backbone max-pools time by 2 after res2, so it needs at least 2 frames (got T={x.shape[2]}); "
+                         "pass more frames or build it with temporal_pool=False")
+    x = self.tpool(self.res2(self.stem(x)))
+    return self.res5(self.res4(self.res3(x)))
 
-    def forward(self, x):
-        return self.fc(self.dropout(self.pool(self.features(x)).flatten(1)))
+@patch
+def forward(self: VideoResNet, x):
+    return self.fc(self.dropout(self.pool(self.features(x)).flatten(1)))
 
-    def stages(self):
-        "The four stages by name."
-        return {name: getattr(self, name) for name in STAGES}
+@patch
+def stages(self: VideoResNet):
+    "The four stages by name."
+    return {name: getattr(self, name) for name in STAGES}
 
 # %% ../../nbs/10_backbones.ipynb #38a114eb
 RESNET_LAYERS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3)),
@@ -263,6 +278,14 @@ def _block_indices(stage_name, stage, which):
             raise ValueError(f"{stage_name} has {n} blocks (indices 0..{n - 1}, counted from 0 within the stage); got index {i!r}")
     return list(idx)
 
+def _place(op, stage, s: str, i: int, block, where: str) -> str:
+    "Put `op` after block i of stage `s` (or inside it); returns the inserted module's name."
+    if where == 'after':
+        if str(i) in stage.after: raise ValueError(f"{s} block {i} already has an operator after it ({type(stage.after[str(i)]).__name__})")
+        stage.after[str(i)] = op; return f'{s}.after.{i}'
+    if not isinstance(block.inner, nn.Identity): raise ValueError(f"{s} block {i} already has an operator inside it")
+    block.inner = op; return f'{s}.blocks.{i}.inner'
+
 def _wants_T(cls):
     try: return 'T' in inspect.signature(cls).parameters
     except (TypeError, ValueError): return False
@@ -270,6 +293,7 @@ def _wants_T(cls):
 def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, max(min(n, at_most), 1) + 1) if n % d == 0)
 
+# %% ../../nbs/10_backbones.ipynb #b20bb302
 def fit_options(spec, options: dict, shape) -> dict:
     """Constructor options a block of `spec` needs to run on a (C, T, H, W) `shape` where the registered defaults and
     `options` would fail, and that `options` leave open: BAT's block size `s` (it must divide H and W: the largest divisor
@@ -295,6 +319,7 @@ def fit_options(spec, options: dict, shape) -> dict:
         fit['num_frames'] = T
     return fit
 
+# %% ../../nbs/10_backbones.ipynb #b20bb304
 def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after', frames: int | None = None,
                     size: int | None = None, stage_options: dict | None = None, **options) -> list:
     """Insert the operator registered as `name` into `model` after (or `where='inside'`) the residual blocks `at`
@@ -330,13 +355,7 @@ def insert_operator(model: VideoResNet, name: str, at='all', where: str = 'after
                 opts.update(fit)
                 if fit: model.fitted[f"{s}.{'after' if where == 'after' else 'blocks'}.{i}"] = fit
             with torch.device(p.device): op = spec.build(channels, **opts)
-            op = op.to(p.dtype)
-            if where == 'after':
-                if str(i) in stage.after: raise ValueError(f"{s} block {i} already has an operator after it ({type(stage.after[str(i)]).__name__})")
-                stage.after[str(i)] = op; inserted.append(f'{s}.after.{i}')
-            else:
-                if not isinstance(block.inner, nn.Identity): raise ValueError(f"{s} block {i} already has an operator inside it")
-                block.inner = op; inserted.append(f'{s}.blocks.{i}.inner')
+            inserted.append(_place(op.to(p.dtype), stage, s, i, block, where))
     return inserted
 
 # %% ../../nbs/10_backbones.ipynb #ed0c4f6d

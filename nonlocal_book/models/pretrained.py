@@ -81,6 +81,7 @@ class LoadReport:
         return (f"LoadReport({len(self.copied)} copied, {len(self.inflated)} inflated, {len(self.kept)} kept with their own init, "
                 f"{len(self.skipped)} checkpoint keys skipped: {self.skipped})")
 
+# %% ../../nbs/11_pretrained.ipynb #f6098502
 def inflate_state_dict(sd2d: dict, model: nn.Module, mode: str = 'centre'):
     "The 2D state dict `sd2d` (torchvision names) renamed and inflated to fit `model`; returns (state dict, LoadReport)."
     target = model.state_dict()
@@ -108,6 +109,7 @@ def inflate_state_dict(sd2d: dict, model: nn.Module, mode: str = 'centre'):
                                "is it a ResNet of the same depth?")
     return out, LoadReport(copied, inflated, kept, skipped)
 
+# %% ../../nbs/11_pretrained.ipynb #f6098504
 def load_imagenet(model: nn.Module, depth: int = 50, weights='DEFAULT', path: str | None = None, mode: str = 'centre',
                   state_dict: dict | None = None) -> LoadReport:
     """Initialise a `VideoResNet` from a 2D ImageNet ResNet: `state_dict` (torchvision names) when given, else `imagenet_state_dict(depth, weights, path)`.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 from einops import rearrange, reduce, einsum
 from ..core import *
 from .nl import nl_attend, NLBlock
@@ -70,6 +71,7 @@ def temporal_attend(q, k, v, scale=None, backend='einsum', return_weights=False)
     A = rearrange(A, '(b h w) t c -> b c t h w', b=B, h=H, w=W)
     return (A, rearrange(M, '(b h w) t u -> b h w t u', b=B, h=H, w=W)) if return_weights else A
 
+# %% ../../nbs/06_gta.ipynb #cf3cc702
 def _softmax_literal(Q, K, V, s):
     "One attention, literally: rows of Q against rows of K, via `nonlocal_literal`."
     return nonlocal_literal(Q[None], K[None], V[None], f=lambda a, b: torch.exp(s * (a @ b)), normaliser=lambda w: w.sum())[0]
@@ -122,6 +124,7 @@ def kv_pool_literal(z, kv_pool=2):
             out[..., i, j] = z[..., i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].amax((-2, -1))
     return out
 
+# %% ../../nbs/06_gta.ipynb #018b6602
 class SpatialAttention(OperatorBlock):
     """Eq. 3: Y_s(t) = X(t) + BN(A_s(t) W_O^s), self-attention among the H·W positions of each frame t.
     `kv_pool=(p_h, p_w)` (or p) max-pools keys and values p_h × p_w within each frame after their projections (1: every key).
@@ -270,6 +273,7 @@ def _init_m(G, T, how):
     if how == 'identity': return torch.einsum('gk,tu->gktu', torch.eye(G), torch.eye(T))
     raise ValueError(f"unknown m_init {how!r}; choose one of {M_INITS}")
 
+# %% ../../nbs/06_gta.ipynb #e95d0302
 class GlobalTemporalAttention(OperatorBlock):
     """Eq. 5–8: Y = X + BN(A_P W_P^O + A_R W_R^O), A_P = M̂_P V_P (Pixel GTA), A_R = G_Rᵀ(M̂_R V_R) (Region GTA),
     both cross-channel multi-head with G groups and N_h = G heads. Built for a fixed clip length `T`.
@@ -304,34 +308,38 @@ class GlobalTemporalAttention(OperatorBlock):
                 if pixel: nn.init.zeros_(self.out_p.weight)
                 if region: nn.init.zeros_(self.w_o_r)
 
-    def check_frames(self, T: int, was_image: bool = False):
-        "Raise a clear error unless the clip has the `T` frames the learned T×T matrices were built for."
-        if T != self.T:
-            what = 'an image batch (read as T = 1)' if was_image else f'a clip of T={T} frames'
-            raise ValueError(f"GTA was built for T={self.T} frames (its learned {self.T}×{self.T} matrices M̂) but got {what}; "
-                             f"build it with T={T}, or sample {self.T} frames per clip")
+# %% ../../nbs/06_gta.ipynb #e95d0304
+@patch
+def check_frames(self: GlobalTemporalAttention, T: int, was_image: bool = False):
+    "Raise a clear error unless the clip has the `T` frames the learned T×T matrices were built for."
+    if T != self.T:
+        what = 'an image batch (read as T = 1)' if was_image else f'a clip of T={T} frames'
+        raise ValueError(f"GTA was built for T={self.T} frames (its learned {self.T}×{self.T} matrices M̂) but got {what}; "
+                         f"build it with T={T}, or sample {self.T} frames per clip")
 
-    def forward(self, x):
-        x5, was_image = to_video(x, 'GTA input')
-        check_channels(x5, self.channels, 'GlobalTemporalAttention')
-        B, C, T, H, W = x5.shape
-        self.check_frames(T, was_image)
-        branch = 0
-        if self.pixel:
-            vp = rearrange(self.v_p(x5), 'b e t h w -> b e t (h w)')
-            ap = rearrange(gta_mix(self.m_p, vp), 'b e t (h w) -> b e t h w', h=H, w=W)      # A_P = M̂_P V_P
-            branch = branch + self.out_p(ap)                                                  # A_P W_P^O
-        if self.region:
-            xs = rearrange(x5, 'b c t h w -> b c t (h w)')
-            logits = einsum(self.w_g, xs, 'k c, b c t s -> b k t s')                        # W_G X(t)ᵀ
-            G, xg = region_transform(logits, xs, self.region_norm)                           # G_R(t), X_G(t)
-            vr = einsum(xg, self.w_v_r, 'b c t k, c e -> b e t k')                          # V_R
-            zr = einsum(gta_mix(self.m_r, vr), self.w_o_r, 'b e t k, e c -> b c t k')       # (M̂_R V_R) W_R^O
-            branch = branch + rearrange(region_back(G, zr), 'b c t (h w) -> b c t h w', h=H, w=W)  # G_Rᵀ(...)
-            self.keep(regions=rearrange(G, 'b k t (h w) -> b k t h w', h=H, w=W))
-        self.keep(**({'m_pixel': self.m_p} if self.pixel else {}), **({'m_region': self.m_r} if self.region else {}))
-        return from_video(x5 + self.bn(branch), was_image)
+@patch
+def forward(self: GlobalTemporalAttention, x):
+    x5, was_image = to_video(x, 'GTA input')
+    check_channels(x5, self.channels, 'GlobalTemporalAttention')
+    B, C, T, H, W = x5.shape
+    self.check_frames(T, was_image)
+    branch = 0
+    if self.pixel:
+        vp = rearrange(self.v_p(x5), 'b e t h w -> b e t (h w)')
+        ap = rearrange(gta_mix(self.m_p, vp), 'b e t (h w) -> b e t h w', h=H, w=W)      # A_P = M̂_P V_P
+        branch = branch + self.out_p(ap)                                                  # A_P W_P^O
+    if self.region:
+        xs = rearrange(x5, 'b c t h w -> b c t (h w)')
+        logits = einsum(self.w_g, xs, 'k c, b c t s -> b k t s')                        # W_G X(t)ᵀ
+        G, xg = region_transform(logits, xs, self.region_norm)                           # G_R(t), X_G(t)
+        vr = einsum(xg, self.w_v_r, 'b c t k, c e -> b e t k')                          # V_R
+        zr = einsum(gta_mix(self.m_r, vr), self.w_o_r, 'b e t k, e c -> b c t k')       # (M̂_R V_R) W_R^O
+        branch = branch + rearrange(region_back(G, zr), 'b c t (h w) -> b c t h w', h=H, w=W)  # G_Rᵀ(...)
+        self.keep(regions=rearrange(G, 'b k t (h w) -> b k t h w', h=H, w=W))
+    self.keep(**({'m_pixel': self.m_p} if self.pixel else {}), **({'m_region': self.m_r} if self.region else {}))
+    return from_video(x5 + self.bn(branch), was_image)
 
+# %% ../../nbs/06_gta.ipynb #e95d0306
 class GTABlock(OperatorBlock):
     """GTA block (He et al. 2021): Eq. 3's spatial self-attention within each frame, then global temporal attention
     (Eq. 5–8) with learned T×T matrices over pixels and regions. Built for a fixed clip length `T`; `kv_pool` as in `DNLBlock`."""

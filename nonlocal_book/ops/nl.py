@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 from einops import rearrange, reduce, einsum
 from ..core import *
 
@@ -46,6 +47,7 @@ def nl_weights(q, k, mode='embedded_gaussian', scale=1.0, w_f=None):
     col = einsum(k, w_phi, 'b m d, d -> b m')
     return torch.relu(rearrange(row, 'b n -> b n 1') + rearrange(col, 'b m -> b 1 m')) / M
 
+# %% ../../nbs/01_nonlocal.ipynb #35837b02
 def _count_cpu_flash():
     "FlopCounterMode has formulas for the CUDA SDPA kernels, not the CPU flash one (it would count 0): register the same counts."
     from torch.utils import flop_counter as fc
@@ -108,23 +110,25 @@ class NLBlock(OperatorBlock):
         if self.backend == 'sdpa': return True
         return q.shape[-1] == v.shape[-1] and k.shape[1] >= q.shape[-1]   # flash holds O(N·D) instead of the N×M weights
 
-    def forward(self, x):
-        x5, was_image = to_video(x, 'NLBlock input')
-        check_channels(x5, self.channels, 'NLBlock')
-        B, _, T, H, W = x5.shape
-        pooled = self.pool(x5)
-        if self.mode == 'gaussian': q, k, v = _tokens(x5), _tokens(pooled), _tokens(self.g(pooled))
-        else:                                                  # φ and g read the pooled input once, as one convolution
-            kv = F.conv3d(pooled, torch.cat([self.phi.weight, self.g.weight]), torch.cat([self.phi.bias, self.g.bias]))
-            q, (k, v) = _tokens(self.theta(x5)), _tokens(kv).split(self.inner, dim=-1)
-        if self.use_sdpa(q, k, v):
-            y = nl_attend(q, k, v, self.mode, self.scale, backend='sdpa', channels_first=True)
-        else:
-            y, A = nl_attend(q, k, v, self.mode, self.scale, self.w_f, return_weights=True, channels_first=True)
-            self.keep(attn=rearrange(A, 'b (t h w) (u i j) -> b t h w u i j', t=T, h=H, w=W,
-                                     u=pooled.shape[2], i=pooled.shape[3], j=pooled.shape[4]))
-        y = rearrange(y, 'b c (t h w) -> b c t h w', t=T, h=H, w=W)          # (B, C', N) is contiguous: a view
-        return from_video(x5 + self.bn(self.out(y)), was_image)
+# %% ../../nbs/01_nonlocal.ipynb #f52cfe02
+@patch
+def forward(self: NLBlock, x):
+    x5, was_image = to_video(x, 'NLBlock input')
+    check_channels(x5, self.channels, 'NLBlock')
+    B, _, T, H, W = x5.shape
+    pooled = self.pool(x5)
+    if self.mode == 'gaussian': q, k, v = _tokens(x5), _tokens(pooled), _tokens(self.g(pooled))
+    else:                                                  # φ and g read the pooled input once, as one convolution
+        kv = F.conv3d(pooled, torch.cat([self.phi.weight, self.g.weight]), torch.cat([self.phi.bias, self.g.bias]))
+        q, (k, v) = _tokens(self.theta(x5)), _tokens(kv).split(self.inner, dim=-1)
+    if self.use_sdpa(q, k, v):
+        y = nl_attend(q, k, v, self.mode, self.scale, backend='sdpa', channels_first=True)
+    else:
+        y, A = nl_attend(q, k, v, self.mode, self.scale, self.w_f, return_weights=True, channels_first=True)
+        self.keep(attn=rearrange(A, 'b (t h w) (u i j) -> b t h w u i j', t=T, h=H, w=W,
+                                 u=pooled.shape[2], i=pooled.shape[3], j=pooled.shape[4]))
+    y = rearrange(y, 'b c (t h w) -> b c t h w', t=T, h=H, w=W)          # (B, C', N) is contiguous: a view
+    return from_video(x5 + self.bn(self.out(y)), was_image)
 
 # %% ../../nbs/01_nonlocal.ipynb #30c47557
 def nl_macs(channels, T, H, W, inner=None, subsample=True):

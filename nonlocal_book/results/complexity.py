@@ -35,6 +35,7 @@ class PaperRow:
     delta: bool = False
     stage_options: dict | None = None   # per-stage options on top of `options` ({'res4': {...}})
 
+# %% ../../nbs/40_complexity.ipynb #9abf6302
 @functools.cache                     # one builder object per backbone, so that its bare count is made once (see `base_count`)
 def _resnet(depth, kind, classes, **kw): return lambda: video_resnet(depth, kind, classes, **kw)
 def _c2d(classes): return _resnet(50, 'c2d', classes)
@@ -54,13 +55,14 @@ def a2_resnet50(num_classes: int = 400):
     m.stem.append(nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)))
     return m
 
+# %% ../../nbs/40_complexity.ipynb #9abf6304
 CLIP, A2CLIP, IMAGE = (8, 224, 224), (16, 112, 112), (224, 224)
 R50_5 = {'res3': (1, 3), 'res4': (1, 3, 5)}                          # the NL paper's five places (BAT, NL, A², GTA)
 RNL_5 = {'res3': (0, 2), 'res4': (0, 2, 4)}                          # the RNL code's five places
 RNL_RES4 = {'res4': dict(kernel=(3, 3, 3))}
 BAT2 = 4.14, 25.56                                                   # BAT Tables 2 and 4: the ImageNet ResNet-50 baseline they print
 
-PAPER_ROWS = [
+_BAT_ROWS = [
     # BAT Table 2 (ImageNet ResNet-50 + 5 blocks; the table prints totals, we compare increments: total - baseline)
     PaperRow('bat2_base', 'BAT Table 2', 'ImageNet ResNet-50', _img(), IMAGE, BAT2[1], BAT2[0]),
     PaperRow('bat2_full', 'BAT Table 2', '+ 5 BAT, full resolution (Δ)', _img(), IMAGE, 31.86 - BAT2[1], 5.50 - BAT2[0], op='bat', at=R50_5,
@@ -92,6 +94,10 @@ PAPER_ROWS = [
     PaperRow('bat8_c2d_bat', 'BAT Table 8', 'C2D + 5 BAT (8 groups)', _c2d(400), CLIP, 29.2, 24.8, op='bat', preset='bat', options=dict(k=8)),
     PaperRow('bat8_i3d_bat', 'BAT Table 8', 'I3D + 5 BAT (8 groups)', _i3d(), CLIP, 32.9, 33.6, op='bat', preset='bat', options=dict(k=8)),
     PaperRow('bat8_c2d_bat3d', 'BAT Table 8', 'C2D + 5 3D-BAT (8, 4)', _c2d(400), CLIP, 29.2, 24.8, op='bat3d', preset='bat'),
+]
+
+# %% ../../nbs/40_complexity.ipynb #9abf6306
+_RNL_ROWS = [
     # RNL Table II(c) (one Gaussian RNL block in res3 of TSM ResNet-50, increments)
     *[PaperRow(f'rnl2_{r}', 'RNL Table II(c)', f'+ 1 RNL in res3, F_θ = {name} (Δ)', _tsm(), CLIP, p, 1.65, op=op, at={'res3': (0,)}, delta=True)
       for r, name, op, p in (('conv', 'channel-wise conv', 'rnl', 2.67), ('avg', 'average pooling', 'rnl_avg', 0.26), ('max', 'max pooling', 'rnl_max', 0.26))],
@@ -109,6 +115,9 @@ PAPER_ROWS = [
     PaperRow('rnl3_ss_rnl', 'RNL Table III', 'SSv1: + 5 RNL', _tsm(174), CLIP, 35.48, 41.15, op='rnl', preset='rnl'),
     PaperRow('rnl3_ss_se_rnl', 'RNL Table III', 'SSv1: + 5 [SE+RNL]', _tsm(174), CLIP, 35.95, 41.16, op='se_rnl', at=RNL_5,
              stage_options=RNL_RES4, options=dict(reduction=16)),
+]
+
+_GTA_ROWS = [
     # GTA Table 1 (Something-Something V1, 174 classes, R2D ResNet-50, 8 x 224²) and Table 6 (the same backbone)
     PaperRow('gta1_r2d', 'GTA Table 1', 'R2D ResNet-50, 174 classes', _r2d(), CLIP, 23.9, 32.7),
     PaperRow('gta1_nl', 'GTA Table 1', '+ NL (5 blocks)', _r2d(), CLIP, 31.2, 61.1, op='nl', preset='nl'),
@@ -121,6 +130,10 @@ PAPER_ROWS = [
     PaperRow('gta6_sa_ta', 'GTA Table 6', '+SA+TA (5 blocks)', _r2d(), CLIP, 31.2, 49.9, op='dnl', preset='nl'),
     PaperRow('gta6_tape', 'GTA Table 6', '+SA+TAPE (5 blocks)', _r2d(), CLIP, 31.2, None, op='tape', preset='nl'),
     PaperRow('gta6_gta', 'GTA Table 6', '+SA+GTA (5 blocks)', _r2d(), CLIP, 31.2, 50.2, op='gta', preset='gta'),
+]
+
+# %% ../../nbs/40_complexity.ipynb #9abf6308
+_CGD_ROWS = [
     # CGD Table 6 (ImageNet, Caffe ResNet-50 v1, increments) and Table 3 (video, "32 x 3 x 224 x 224", increments)
     PaperRow('cgd6_r50', 'CGD Table 6', 'ImageNet ResNet-50 (v1: stride on the 1×1)', _img(stride_on='conv1'), IMAGE, 25.56, 3.858),
     PaperRow('cgd6_se', 'CGD Table 6', '+ SE in every block (Δ)', _img(stride_on='conv1'), IMAGE, 2.52, 2.52e-3, op='se', at='all', delta=True),
@@ -133,6 +146,9 @@ PAPER_ROWS = [
     PaperRow('cgd3_nl', 'CGD Table 3', '+ 1 NL in res4 (Δ)', _c2d(101), (32, 224, 224), 2.10, 1.80, op='nl', at={'res4': (1,)}, delta=True),
     PaperRow('cgd3_cgnl', 'CGD Table 3', '+ 1 CGNL in res4 (Δ)', _c2d(101), (32, 224, 224), 2.10, 1.64, op='cgnl', at={'res4': (1,)}, delta=True),
     PaperRow('cgd3_cgd', 'CGD Table 3', '+ CGD in every block (Δ)', _c2d(101), (32, 224, 224), 0.02, 0.095e-3, op='cgd', preset='cgd', delta=True),
+]
+
+_A2_ROWS = [
     # A² Tables 1-3 (Kinetics-400; ResNet-26/29 on 16 x 112², ResNet-50 on 8 x 224²)
     PaperRow('a2_r26', 'A² Table 1', 'ResNet-26', _a2(26), A2CLIP, 7.043, 8.3),
     PaperRow('a2_r29', 'A² Table 1', 'ResNet-29', _a2(29), A2CLIP, 7.620, 9.2),
@@ -149,6 +165,7 @@ PAPER_ROWS = [
     PaperRow('a2t3_a24', 'A² Table 3', 'ResNet-26 + 4 A² @ Conv3&4', _a2(26), A2CLIP, 7.719, 10.1, op='a2', at={'res3': (0, 1), 'res4': (0, 1)}),
 ]
 
+PAPER_ROWS = _BAT_ROWS + _RNL_ROWS + _GTA_ROWS + _CGD_ROWS + _A2_ROWS   # every row, in the order of the tables above
 
 # %% ../../nbs/40_complexity.ipynb #83cf9106
 NOT_IN_BOOK = 'operator not in the book'
@@ -186,6 +203,7 @@ def build_row(row: PaperRow, with_op: bool = True, device='meta'):
             names = insert()
     return model, names, note
 
+# %% ../../nbs/40_complexity.ipynb #83cf9102
 @contextlib.contextmanager
 def norms_skipped(model):
     """BatchNorm layers pass their input through while counting: FlopCounterMode counts nothing for them, but on the meta
@@ -223,6 +241,7 @@ def _macs(model, names, shape):
         ops += count_macs(real, torch.zeros(seen[n]))
     return rest + ops
 
+# %% ../../nbs/40_complexity.ipynb #83cf9104
 _BASE = {}
 def base_count(row: PaperRow) -> tuple:
     "(parameters, multiply-adds) of the row's bare backbone at its input, counted once per builder and input."
@@ -247,6 +266,7 @@ def measure_row(row: PaperRow) -> dict:
     rec.update(params=params / 1e6, gmacs=macs / 1e9, status=note)
     return rec
 
+# %% ../../nbs/40_complexity.ipynb #83cf9107
 def gap(ours, paper):
     "Relative gap of ours against the paper's number, in percent (None when either is missing)."
     return None if ours is None or paper is None else 100 * (ours - paper) / paper

@@ -70,6 +70,7 @@ def diagnose(model: nn.Module, x: torch.Tensor) -> list:
         rows.append(dict(block=n, type=type(m).__name__, branch=ratio.get(n), **stats))
     return rows
 
+# %% ../../nbs/42_diagnostics.ipynb #1a35e802
 def format_diagnosis(rows, title: str = '') -> str:
     "Rows of `diagnose` as a table."
     f = lambda v, k='.3f': '-' if v is None else format(v, k)

@@ -8,6 +8,7 @@ import copy, inspect
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 from ..core import get_operator
 from .measure import interleaved_times, saved_bytes, flops, matmul_peak
 from ..ops.nl import NLBlock
@@ -70,21 +71,23 @@ class OfficialBAT(nn.Module):
         B, g = full.shape[:2]
         return full.unsqueeze(2).expand(B, g, C // g, *full.shape[2:]).reshape(B, C, *full.shape[2:])
 
-    def forward(self, x):
-        y = self.down(x)
-        B, C, T, H, W = y.shape
-        f = self.pred.reduce(y)
-        if self.k:
-            P = self.pred.conv_p(F.adaptive_max_pool3d(f, (T, self.sh, 1)))          # (B, s·s·k, T, 1, 1)
-            Q = self.pred.conv_q(F.adaptive_max_pool3d(f, (T, 1, self.sw)))
-            P = self._normalise(P.view(B, self.k, self.sh, self.sh, T).permute(0, 1, 4, 2, 3), -1)
-            Q = self._normalise(Q.view(B, self.k, self.sw, self.sw, T).permute(0, 1, 4, 2, 3), -2)
-            y = self._per_channel(P, C, H // self.sh) @ y @ self._per_channel(Q, C, W // self.sw)
-        if self.kt:
-            Tm = self.pred.conv_t(F.adaptive_avg_pool3d(f, (self.ts, 1, 1))).view(B, self.kt, self.ts, self.ts)
-            Tm = self._per_channel(self._normalise(Tm, -1), C, T // self.ts)              # (B, C, T, T)
-            y = (Tm @ y.reshape(B, C, T, H * W)).view(B, C, T, H, W)
-        return x + self.dropout(self.up(self.conv(y)))
+# %% ../../nbs/41_benchmarks.ipynb #e613ee02
+@patch
+def forward(self: OfficialBAT, x):
+    y = self.down(x)
+    B, C, T, H, W = y.shape
+    f = self.pred.reduce(y)
+    if self.k:
+        P = self.pred.conv_p(F.adaptive_max_pool3d(f, (T, self.sh, 1)))          # (B, s·s·k, T, 1, 1)
+        Q = self.pred.conv_q(F.adaptive_max_pool3d(f, (T, 1, self.sw)))
+        P = self._normalise(P.view(B, self.k, self.sh, self.sh, T).permute(0, 1, 4, 2, 3), -1)
+        Q = self._normalise(Q.view(B, self.k, self.sw, self.sw, T).permute(0, 1, 4, 2, 3), -2)
+        y = self._per_channel(P, C, H // self.sh) @ y @ self._per_channel(Q, C, W // self.sw)
+    if self.kt:
+        Tm = self.pred.conv_t(F.adaptive_avg_pool3d(f, (self.ts, 1, 1))).view(B, self.kt, self.ts, self.ts)
+        Tm = self._per_channel(self._normalise(Tm, -1), C, T // self.ts)              # (B, C, T, T)
+        y = (Tm @ y.reshape(B, C, T, H * W)).view(B, C, T, H, W)
+    return x + self.dropout(self.up(self.conv(y)))
 
 # %% ../../nbs/41_benchmarks.ipynb #9ef37b74
 class OfficialRNL(nn.Module):
@@ -194,25 +197,27 @@ class PaperGTA(nn.Module):
         for g in range(G): out = out + torch.matmul(M[g].view(1, Nh, 1, T, T), vg[:, g].unsqueeze(1))
         return out.reshape(B, Nh * (E // G), T, S)
 
-    def forward(self, x):
-        B, C, T, H, W = x.shape
-        S = H * W
-        q, k, v = self.q(x), self.k(x), self.v(x)
-        if self.kv_pool != (1, 1):                                                       # pooled keys and values, per frame
-            k, v = (F.max_pool3d(z, (1, *self.kv_pool), ceil_mode=True) for z in (k, v))
-        d, e = q.shape[1], v.shape[1]
-        frames = lambda z: z.permute(0, 2, 3, 4, 1).reshape(B * T, -1, z.shape[1])      # X(t): HW × C, frame by frame
-        A = F.softmax(frames(q) @ frames(k).transpose(1, 2) / d ** 0.5, dim=-1) @ frames(v)
-        y = x + self.sp_out(A.view(B, T, H, W, e).permute(0, 4, 1, 2, 3))               # Eq. 3
-        ys = y.view(B, C, T, S)
-        branch = self.out_p(self._mix(self.m_p, self.v_p(y).view(B, e, T, S)).view(B, e, T, H, W))   # A_P W_P^O
-        xt = ys.transpose(1, 2)                                                          # (B, T, C, S)
-        G = F.softmax(torch.matmul(self.w_g, xt), dim=2)                                 # G_R(t): (B, T, K, S)
-        XG = torch.matmul(G, xt.transpose(2, 3)) / (G.sum(-1, keepdim=True) + 1e-6)      # X_G(t): (B, T, K, C)
-        VR = torch.matmul(XG, self.w_v_r).permute(0, 3, 1, 2)                            # V_R: (B, E, T, K)
-        AR = torch.matmul(self._mix(self.m_r, VR).permute(0, 2, 3, 1), self.w_o_r)       # (M̂_R V_R) W_R^O: (B, T, K, C)
-        branch = branch + torch.matmul(G.transpose(2, 3), AR).permute(0, 3, 1, 2).reshape(B, C, T, H, W)   # G_R(t)ᵀ
-        return y + self.bn(branch)
+# %% ../../nbs/41_benchmarks.ipynb #ae427e02
+@patch
+def forward(self: PaperGTA, x):
+    B, C, T, H, W = x.shape
+    S = H * W
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    if self.kv_pool != (1, 1):                                                       # pooled keys and values, per frame
+        k, v = (F.max_pool3d(z, (1, *self.kv_pool), ceil_mode=True) for z in (k, v))
+    d, e = q.shape[1], v.shape[1]
+    frames = lambda z: z.permute(0, 2, 3, 4, 1).reshape(B * T, -1, z.shape[1])      # X(t): HW × C, frame by frame
+    A = F.softmax(frames(q) @ frames(k).transpose(1, 2) / d ** 0.5, dim=-1) @ frames(v)
+    y = x + self.sp_out(A.view(B, T, H, W, e).permute(0, 4, 1, 2, 3))               # Eq. 3
+    ys = y.view(B, C, T, S)
+    branch = self.out_p(self._mix(self.m_p, self.v_p(y).view(B, e, T, S)).view(B, e, T, H, W))   # A_P W_P^O
+    xt = ys.transpose(1, 2)                                                          # (B, T, C, S)
+    G = F.softmax(torch.matmul(self.w_g, xt), dim=2)                                 # G_R(t): (B, T, K, S)
+    XG = torch.matmul(G, xt.transpose(2, 3)) / (G.sum(-1, keepdim=True) + 1e-6)      # X_G(t): (B, T, K, C)
+    VR = torch.matmul(XG, self.w_v_r).permute(0, 3, 1, 2)                            # V_R: (B, E, T, K)
+    AR = torch.matmul(self._mix(self.m_r, VR).permute(0, 2, 3, 1), self.w_o_r)       # (M̂_R V_R) W_R^O: (B, T, K, C)
+    branch = branch + torch.matmul(G.transpose(2, 3), AR).permute(0, 3, 1, 2).reshape(B, C, T, H, W)   # G_R(t)ᵀ
+    return y + self.bn(branch)
 
 # %% ../../nbs/41_benchmarks.ipynb #fe251400
 TRANSCRIPTIONS = {NLBlock: OfficialNL, BATBlock: OfficialBAT, RNLBlock: OfficialRNL, CGDBlock: OfficialCGD,
@@ -267,6 +272,7 @@ def check_equal(name: str, channels: int, frames: int, size: int, batch: int = 2
         outs.append((y.detach(), xi.grad))
     return max(float((a - b).abs().max()) for a, b in zip(*outs))
 
+# %% ../../nbs/41_benchmarks.ipynb #c6dfb102
 def compare(name: str, batch: int, channels: int, frames: int, size: int, reps: int = 3, device: str = 'cpu', seed: int = 0) -> dict:
     """Our block against its transcription on one (batch, channels, frames, size, size) input: medians of interleaved training
     steps (forward + backward), the bytes each keeps for backward, and the FLOPs of a step."""

@@ -127,6 +127,27 @@ def _rank_world():
 
 AMP = {None: None, 'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
+def _prepare_model(model, device, channels_last: bool, sync_bn: bool, world: int, compile: bool) -> tuple:
+    "(model on `device`, the network that runs it): SyncBatchNorm and channels-last applied, wrapped in DDP and compiled as asked."
+    if sync_bn:
+        if device.type != 'cuda': raise ValueError('sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop --sync_bn on the CPU')
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if channels_last: model = model.to(memory_format=torch.channels_last_3d)
+    net = model
+    if world > 1:
+        ids = [device.index] if device.type == 'cuda' else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile: net = torch.compile(net)
+    return model, net
+
+def _lr_lambda(schedule: str, steps_per_epoch: int, epochs: int, warmup_epochs: float, milestones):
+    "The learning-rate factor per step of `schedule` ('cosine' with warmup, 'step' at `milestones` epochs, 'constant')."
+    return {'cosine': warmup_cosine(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)),
+            'step': step_decay([int(m * steps_per_epoch) for m in milestones]),
+            'constant': lambda s: 1.0}[schedule]
+
+# %% ../../nbs/30_learner.ipynb #0726b302
 class Learner:
     "Train `model` on `train_ds` (items `(x, y, ...)`), evaluate on `valid_ds`; see the chapter for every option."
     def __init__(self, model: nn.Module, train_ds, valid_ds=None, *, epochs: int = 1, batch_size: int = 8, lr: float = 0.1,
@@ -147,22 +168,9 @@ class Learner:
         self.sampler = ResumableSampler(len(train_ds), batch_size, shuffle=True, seed=seed, rank=self.rank, world=self.world,
                                         drop_single=True)
         self.steps_per_epoch = -(-self.sampler.length // batch_size)
-        if sync_bn:
-            if self.device.type != 'cuda': raise ValueError('sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop --sync_bn on the CPU')
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(self.device)
-        if channels_last: model = model.to(memory_format=torch.channels_last_3d)
-        self.model = model
-        self.net = model
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == 'cuda' else None
-            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if compile: self.net = torch.compile(self.net)
-        self.opt = torch.optim.SGD(param_groups(model, weight_decay, wd_overrides), lr=lr, momentum=momentum)
-        total = epochs * self.steps_per_epoch
-        lam = {'cosine': warmup_cosine(total, int(warmup_epochs * self.steps_per_epoch)),
-               'step': step_decay([int(m * self.steps_per_epoch) for m in milestones]),
-               'constant': lambda s: 1.0}[schedule]
+        self.model, self.net = _prepare_model(model, self.device, channels_last, sync_bn, self.world, compile)
+        self.opt = torch.optim.SGD(param_groups(self.model, weight_decay, wd_overrides), lr=lr, momentum=momentum)
+        lam = _lr_lambda(schedule, self.steps_per_epoch, epochs, warmup_epochs, milestones)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lam)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_func = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -180,28 +188,33 @@ class Learner:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=self.pin_memory)
-        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last and x.ndim == 5 else x
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
-    def loader(self, ds, sampler=None):
-        # Its own generator, seeded by (seed, epoch): creating an iterator then draws nothing from the global RNG (a resumed
-        # run creates one at a different moment), and worker seeds are the same for an epoch however often it restarts.
-        # It yields (batch or None, bad items): `collate_good` brings unreadable items back from worker processes too.
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, generator=g, drop_last=False, collate_fn=collate_good)
-
-    def note_bad(self, split: str, bad):
-        "Record the `BadItem`s of a batch under `split` ('train' or 'valid')."
-        for b in bad: self.bad[split][str(b.path)] = b.reason
-
-# %% ../../nbs/30_learner.ipynb #7234cc35
+# %% ../../nbs/30_learner.ipynb #0726b304
 from fastcore.basics import patch
 
+@patch
+def to_device(self: Learner, x: torch.Tensor) -> torch.Tensor:
+    x = x.to(self.device, non_blocking=self.pin_memory)
+    return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last and x.ndim == 5 else x
+
+@patch
+def autocast(self: Learner):
+    return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+@patch
+def loader(self: Learner, ds, sampler=None):
+    # Its own generator, seeded by (seed, epoch): creating an iterator then draws nothing from the global RNG (a resumed
+    # run creates one at a different moment), and worker seeds are the same for an epoch however often it restarts.
+    # It yields (batch or None, bad items): `collate_good` brings unreadable items back from worker processes too.
+    g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+    return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                      pin_memory=self.pin_memory, generator=g, drop_last=False, collate_fn=collate_good)
+
+@patch
+def note_bad(self: Learner, split: str, bad):
+    "Record the `BadItem`s of a batch under `split` ('train' or 'valid')."
+    for b in bad: self.bad[split][str(b.path)] = b.reason
+
+# %% ../../nbs/30_learner.ipynb #7234cc35
 @patch
 def one_batch(self: Learner, xb, yb):
     self.net.train()
@@ -220,6 +233,7 @@ def one_batch(self: Learner, xb, yb):
     self.sched.step()
     self.yb = y
 
+# %% ../../nbs/30_learner.ipynb #7234cc02
 @patch
 def train_epoch(self: Learner):
     self.sampler.set_epoch(self.epoch, self.batch)
@@ -291,6 +305,7 @@ def evaluate(self: Learner, ds=None, max_batches: int | None = None) -> dict:
     return dict(valid_loss=loss / clips, clip_top1=t1 / clips, clip_top5=t5 / clips, video_top1=v1 / videos,
                 bad_videos=int(unreadable))
 
+# %% ../../nbs/30_learner.ipynb #6547ce02
 @patch
 @contextlib.contextmanager
 def stop_on_signals(self: Learner):
@@ -309,6 +324,7 @@ def stop_on_signals(self: Learner):
     finally:
         for s, h in old.items(): signal.signal(s, h)
 
+# %% ../../nbs/30_learner.ipynb #6547ce05
 @patch
 def fit(self: Learner):
     "Train from the current position to `self.epochs`, evaluating after each epoch; callbacks see every step."
@@ -364,6 +380,7 @@ class MetricsCB(Callback):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
 
+# %% ../../nbs/30_learner.ipynb #a7287902
 class ProgressCB(Callback):
     "A tqdm bar per epoch (rank 0) with live loss, accuracy, learning rate and clips/s."
     order = 20
@@ -384,6 +401,7 @@ class ProgressCB(Callback):
     def after_fit(self):
         if getattr(self, 'bar', None) is not None: self.bar.close()
 
+# %% ../../nbs/30_learner.ipynb #a7287904
 def read_history(path) -> list:
     "The rows of a `metrics.jsonl` file."
     return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
@@ -420,6 +438,7 @@ def _set_rng_state(st: dict):
     np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
+# %% ../../nbs/30_learner.ipynb #35c28a02
 def previous_path(path) -> Path:
     "Where the checkpoint before `path` is kept: last.pt -> last.prev.pt."
     path = Path(path)
@@ -441,6 +460,7 @@ def stale_temporaries(folder, name: str = 'last.pt') -> list:
     "Temporary files of `atomic_save` that a killed process left in `folder` (`.last.pt.tmp<pid>`)."
     return sorted(Path(folder).glob(f'.{name}.tmp*'))
 
+# %% ../../nbs/30_learner.ipynb #35c28a04
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be used: empty, truncated, not a checkpoint, or from another setup."
 
@@ -460,6 +480,7 @@ def read_checkpoint(path, map_location='cpu') -> dict:
         raise CheckpointError(f'{path} loads but is not a checkpoint of this library (no model weights and position)')
     return st
 
+# %% ../../nbs/30_learner.ipynb #35c28a06
 @patch
 def state(self: Learner) -> dict:
     "Everything needed to continue training exactly where it stands."
@@ -495,6 +516,7 @@ def load(self: Learner, path) -> 'Learner':
     self('after_load')
     return self
 
+# %% ../../nbs/30_learner.ipynb #35c28a08
 class CheckpointCB(Callback):
     """Save `last.pt` in `folder` atomically after each epoch, every `every` steps if set, every `minutes` of training
     (default 5: a kill costs minutes, not an epoch; 0: off), and on interruption (rank 0). The file it replaces is kept as
