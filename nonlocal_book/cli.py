@@ -20,16 +20,9 @@ __all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'PATH_OPTIONS', 'SPLIT_NAMES', 
            'shared_run']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
-def _sync(device):
-    if device is not None and device.type == 'cuda': torch.cuda.synchronize(device)
+from .results.measure import sync, median_time    # the measuring chapter's timer (median, CUDA-synchronised)
 
-def _median_time(fn, reps, device=None):
-    "Median seconds of `reps` calls of `fn` (on CUDA, synchronised before and after each call)."
-    times = []
-    for _ in range(reps):
-        _sync(device); t0 = time.perf_counter(); fn(); _sync(device); times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
+# %% ../nbs/31_cli.ipynb #0e2e912b
 def build_operator(name: str, channels: int, frames: int = 4):
     "The operator registered as `name`, built for `channels` channels and, if it learns T×T weights (GTA), `frames` frames."
     spec = get_operator(name)
@@ -57,7 +50,7 @@ def operator_table(names=None, channels: int = 64, frames: int = 4, size: int = 
             rows.append(dict(operator=name, params=count_params(block), macs=None, ms=None, identity=None, note=str(e)))
             continue
         rows.append(dict(operator=name, params=count_params(block), macs=count_macs(block, x),
-                         ms=_median_time(lambda: block(x), reps) * 1e3, identity=bool(torch.equal(y, x)), note=spec.doc))
+                         ms=median_time(lambda: block(x), reps) * 1e3, identity=bool(torch.equal(y, x)), note=spec.doc))
     return rows
 
 def format_table(rows) -> str:
@@ -107,16 +100,16 @@ def bench_operator(name: str, channels: int = 256, frames: int = 8, size: int = 
         with ctx(): return block(x)
     def step():
         y = fwd(); y.float().sum().backward() if backward else None
-        _sync(dev)
+        sync(dev)
     try:                                                    # warm-up (twice each: allocators and caches settle); also
         for _ in range(2):                                  # raises for an input the block cannot take
             with torch.no_grad(): fwd()
             step()
     except (ValueError, RuntimeError) as e: return dict(operator=name, error=f'{type(e).__name__}: {e}')
     row = dict(operator=name, params=count_params(block), macs=count_macs(block, x.detach()))
-    with torch.no_grad(): row['forward_ms'] = _median_time(fwd, reps, dev) * 1e3
+    with torch.no_grad(): row['forward_ms'] = median_time(fwd, reps, dev) * 1e3
     if backward:
-        row['train_ms'] = _median_time(step, reps, dev) * 1e3
+        row['train_ms'] = median_time(step, reps, dev) * 1e3
         _, row['saved_mb'] = saved_bytes(fwd); row['saved_mb'] /= 2 ** 20
     if dev.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(dev); base = torch.cuda.memory_allocated(dev)

@@ -95,12 +95,7 @@ LIMIT = 40                       # lines of a code cell (its source, stripped), 
 # Cells allowed over LIMIT: only measurement or plot cells that the site folds (`#| code-fold: true`), by (notebook, cell id).
 FOLDED_MEASUREMENTS = set()
 # Long cells that are being split elsewhere, by (notebook, cell id); each comes off this list when its split lands.
-PENDING = {
-    ('02_bat.ipynb', '3c49e874'),       # materialised / peak_bytes / best_time: 02 is being edited on another branch
-    ('02_bat.ipynb', '57884742'),       # BATransform: likewise
-    ('04_cgd.ipynb', '11e6a7e6'),       # CGDBlock: 04 is being edited on another branch
-    ('22_synthetic.ipynb', 'bb7d0804'), # render_clip, one 41-line function: 22 has pending edits, so only its cells were split
-}
+PENDING = set()                         # cells being split elsewhere (none now): (notebook, cell id)
 
 
 def cell_lines(c) -> int: return len(src(c).strip().splitlines())

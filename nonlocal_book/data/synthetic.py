@@ -48,13 +48,18 @@ def _objects_clip(tracks, frames, size, bg):
             if vis[t]: _draw(clip[t], shape, xs[t], ys[t], r, color)
     return clip
 
+# %% ../../nbs/22_synthetic.ipynb #db1ef16a
+def _check_clip_args(label, frames, size):
+    "The arguments `render_clip` accepts: a known class, an even size of at least 16 pixels, 4 frames or more."
+    if label not in SYNTHETIC_CLASSES: raise ValueError(f"unknown synthetic class {label!r}; choose one of {SYNTHETIC_CLASSES}")
+    if size < 16 or size % 2: raise ValueError(f"size must be even and at least 16 (objects are 20% of it); got {size}")
+    if frames < 4: raise ValueError(f"synthetic clips need at least 4 frames; got {frames}")
+
 # %% ../../nbs/22_synthetic.ipynb #bb7d0804
 def render_clip(label: str, rng: np.random.Generator, frames: int = 16, size: int = 32) -> np.ndarray:
     """One clip of class `label` as uint8 (frames, size, size, 3), drawn from `rng`.
     Classes whose name is the time reversal of another are rendered as that class played backwards."""
-    if label not in SYNTHETIC_CLASSES: raise ValueError(f"unknown synthetic class {label!r}; choose one of {SYNTHETIC_CLASSES}")
-    if size < 16 or size % 2: raise ValueError(f"size must be even and at least 16 (objects are 20% of it); got {size}")
-    if frames < 4: raise ValueError(f"synthetic clips need at least 4 frames; got {frames}")
+    _check_clip_args(label, frames, size)
     if label in ('move_left', 'disappear', 'separate'):
         return np.ascontiguousarray(render_clip(TIME_REVERSED[label], rng, frames, size)[::-1])
     S, T, r = float(size), frames, size * 0.1

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from einops import rearrange, reduce, repeat, einsum
+from fastcore.basics import patch
 from ..core import *
 
 # %% auto #0
@@ -168,28 +169,30 @@ class BATransform(nn.Module):
             raise ValueError(f"resize='downsample' transforms the {self.sh}×{self.sw} map X^ds; got H={H}, W={W} (call the module, not `spatial`)")
         return bilinear_transform(x, P, Q)
 
-    def core(self, x):
-        "Predictor, Eq. 1 (and Eq. 7), then the transform's 1×1 conv, BN, ReLU, all at the size of `x`; returns (output, maps)."
-        maps, y = {}, x
-        if self.predictor is not None:
-            P, Q, Tm = self.predictor(x)
-            if P is not None:
-                y = self.spatial(x, P, Q)
-                full = (x.shape[-2], x.shape[-1]) if self.resize == 'block' else (None, None)
-                maps.update(P=P, Q=Q, W=attention_weights(P, Q, *full))
-            if Tm is not None:
-                y = temporal_transform(y, Tm)
-                maps['T'] = Tm
-        return self.conv(y), maps
+# %% ../../nbs/02_bat.ipynb #812de3b8
+@patch
+def core(self: BATransform, x):
+    "Predictor, Eq. 1 (and Eq. 7), then the transform's 1×1 conv, BN, ReLU, all at the size of `x`; returns (output, maps)."
+    maps, y = {}, x
+    if self.predictor is not None:
+        P, Q, Tm = self.predictor(x)
+        if P is not None:
+            y = self.spatial(x, P, Q)
+            full = (x.shape[-2], x.shape[-1]) if self.resize == 'block' else (None, None)
+            maps.update(P=P, Q=Q, W=attention_weights(P, Q, *full))
+        if Tm is not None:
+            y = temporal_transform(y, Tm)
+            maps['T'] = Tm
+    return self.conv(y), maps
 
-    def forward(self, x):
-        """Returns (output, maps); maps holds P, Q and the Eq. 8 weights W (B, k, T, H, W; s_h×s_w for 'downsample') when k > 0,
-        and T when kt > 0. 'downsample' (Table 2): Y = upsample(BA-Transform(X^ds)), X^ds the s_h×s_w average-pooled X."""
-        if self.resize != 'downsample': return self.core(x)
-        T, H, W = x.shape[2:]
-        y, maps = self.core(F.adaptive_avg_pool3d(x, (T, self.sh, self.sw)))       # BA-Transform on X^ds -> Y^ds
-        return F.interpolate(y, size=(T, H, W), mode='trilinear', align_corners=False), maps   # bilinear per frame (T unchanged)
-
+@patch
+def forward(self: BATransform, x):
+    """Returns (output, maps); maps holds P, Q and the Eq. 8 weights W (B, k, T, H, W; s_h×s_w for 'downsample') when k > 0,
+    and T when kt > 0. 'downsample' (Table 2): Y = upsample(BA-Transform(X^ds)), X^ds the s_h×s_w average-pooled X."""
+    if self.resize != 'downsample': return self.core(x)
+    T, H, W = x.shape[2:]
+    y, maps = self.core(F.adaptive_avg_pool3d(x, (T, self.sh, self.sw)))       # BA-Transform on X^ds -> Y^ds
+    return F.interpolate(y, size=(T, H, W), mode='trilinear', align_corners=False), maps   # bilinear per frame (T unchanged)
 
 # %% ../../nbs/02_bat.ipynb #92b691ba
 def temporal_literal(y, Tm):

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 from einops import rearrange, reduce, einsum
+from fastcore.basics import patch
 from ..core import *
 
 # %% auto #0
@@ -160,39 +161,45 @@ class CGDBlock(OperatorBlock):
             for i, p in enumerate(self.weights):
                 if init == 'xavier' or (init == 'identity' and i < levels - 1): p.uniform_(-bound, bound)
 
-    def _check(self, x5):
-        T, H, W = x5.shape[2:]
-        if self.temporal == 'concat' and T != self.num_frames:
-            raise ValueError(f"CGDBlock(temporal='concat') was built for num_frames={self.num_frames} but got T={T}; "
-                             f"build it with num_frames={T} or use temporal='sum'")
-        if self.dim != 'channel' and (H if self.dim == 'height' else W) != self.map_size:
-            side = 'H' if self.dim == 'height' else 'W'
-            raise ValueError(f"CGDBlock(dim={self.dim!r}) was built for {side}={self.map_size} but got {side}="
-                             f"{H if self.dim == 'height' else W}; build it with map_size= that {side}")
+# %% ../../nbs/04_cgd.ipynb #06e51557
+@patch
+def _check(self: CGDBlock, x5):
+    T, H, W = x5.shape[2:]
+    if self.temporal == 'concat' and T != self.num_frames:
+        raise ValueError(f"CGDBlock(temporal='concat') was built for num_frames={self.num_frames} but got T={T}; "
+                         f"build it with num_frames={T} or use temporal='sum'")
+    if self.dim != 'channel' and (H if self.dim == 'height' else W) != self.map_size:
+        side = 'H' if self.dim == 'height' else 'W'
+        raise ValueError(f"CGDBlock(dim={self.dim!r}) was built for {side}={self.map_size} but got {side}="
+                         f"{H if self.dim == 'height' else W}; build it with map_size= that {side}")
 
-    def descriptor(self, x5):
-        "z (B, N), or (B, T·N) for 'concat' and 'frame': the pre-activation descriptor of a video `x5` (B, C, T, H, W)."
-        Xd = rearrange(x5, _ALONG[self.dim])                                   # (B, T, N, M)
-        weights, biases = list(self.weights), list(self.biases) if self.biases is not None else None
-        if self.temporal == 'frame':                                           # per-frame terms, no copy of the clip
-            return rearrange(cgd_z(Xd, self.variant, weights, biases, frame_sum=False), 'b t n -> b (t n)')
-        if self.temporal == 'mean': Xd = reduce(Xd, 'b t n m -> b 1 n m', 'mean')
-        if self.temporal == 'concat': Xd = rearrange(Xd, 'b t n m -> b 1 (t n) m')
-        return cgd_z(Xd, self.variant, weights, biases)
+@patch
+def descriptor(self: CGDBlock, x5):
+    "z (B, N), or (B, T·N) for 'concat' and 'frame': the pre-activation descriptor of a video `x5` (B, C, T, H, W)."
+    Xd = rearrange(x5, _ALONG[self.dim])                                   # (B, T, N, M)
+    weights, biases = list(self.weights), list(self.biases) if self.biases is not None else None
+    if self.temporal == 'frame':                                           # per-frame terms, no copy of the clip
+        return rearrange(cgd_z(Xd, self.variant, weights, biases, frame_sum=False), 'b t n -> b (t n)')
+    if self.temporal == 'mean': Xd = reduce(Xd, 'b t n m -> b 1 n m', 'mean')
+    if self.temporal == 'concat': Xd = rearrange(Xd, 'b t n m -> b 1 (t n) m')
+    return cgd_z(Xd, self.variant, weights, biases)
 
-    def gate(self, x):
-        "tanh z arranged to broadcast against the input's video form (B, C, T, H, W)."
-        x5, _ = to_video(x, 'CGDBlock input')
-        check_channels(x5, self.channels, 'CGDBlock'); self._check(x5)
-        z = self.descriptor(x5)
-        t = x5.shape[2] if self.temporal in ('concat', 'frame') else 1
-        gate = rearrange(torch.tanh(z), 'b (t n) -> b t n', t=t)
-        self.keep(gate=gate)
-        return rearrange(gate, _BACK[self.dim])
+# %% ../../nbs/04_cgd.ipynb #d7d4dadc
+@patch
+def gate(self: CGDBlock, x):
+    "tanh z arranged to broadcast against the input's video form (B, C, T, H, W)."
+    x5, _ = to_video(x, 'CGDBlock input')
+    check_channels(x5, self.channels, 'CGDBlock'); self._check(x5)
+    z = self.descriptor(x5)
+    t = x5.shape[2] if self.temporal in ('concat', 'frame') else 1
+    gate = rearrange(torch.tanh(z), 'b (t n) -> b t n', t=t)
+    self.keep(gate=gate)
+    return rearrange(gate, _BACK[self.dim])
 
-    def forward(self, x):
-        x5, was_image = to_video(x, 'CGDBlock input')
-        return from_video(x5 * (1 + self.gate(x5)), was_image)
+@patch
+def forward(self: CGDBlock, x):
+    x5, was_image = to_video(x, 'CGDBlock input')
+    return from_video(x5 * (1 + self.gate(x5)), was_image)
 
 # %% ../../nbs/04_cgd.ipynb #4091cf5e
 def cgd_bn_fold(gate: torch.Tensor, bn: nn.Module):
