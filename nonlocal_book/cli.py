@@ -784,7 +784,7 @@ def subset(annotations: Param("Kinetics-400 annotation CSVs: a folder with train
           f"train on it: nlb_train --data {r['out']}" + ('' if r['videos'] else ' --videos <folder of the videos>'))
 
 # %% ../nbs/31_cli.ipynb #9a60498d
-CI_RECIPE = dict(epochs=5, train_per_class=24, val_per_class=16)
+CI_RECIPE = dict(epochs=8, train_per_class=48, val_per_class=16, test_clips=1)
 
 def runs_folder() -> Path:
     "Where the results chapters put their training runs: $NONLOCAL_BOOK_RUNS (shared by all chapters) or a new temporary folder."
@@ -814,7 +814,7 @@ def results_recipe(folder) -> dict:
     n, v = CI_RECIPE['train_per_class'], CI_RECIPE['val_per_class']
     data = Path(folder).resolve() / f'synthetic-{n}-{v}'
     with _Locked(Path(folder) / '.synthetic.lock'): generate_synthetic(data, train_per_class=n, val_per_class=v)
-    return dict(data=str(data), epochs=CI_RECIPE['epochs'])
+    return dict(data=str(data), epochs=CI_RECIPE['epochs'], test_clips=CI_RECIPE['test_clips'])
 
 def shared_run(op: str, folder, name: str = '', **options) -> dict:
     """`run_training(op, out=folder/name, **options)`'s results row, trained once: a finished run there is reused and an
