@@ -22,12 +22,7 @@ from nonlocal_book.results.official import randomise_
 pytestmark = pytest.mark.export
 OPS = list_operators()
 CANNOT_COMPILE = {}          # name -> reason (none today)
-_POOL = ("ONNX has no adaptive average pooling to a size other than 1, and torch.onnx's dynamo exporter maps "
-         "aten._adaptive_avg_pool3d only to a global pool: 'No ONNX function found' for {}")
-CANNOT_EXPORT = {            # name -> reason
-    'bat3d': _POOL.format("the temporal transform's pooling to (ts, 1, 1)"),
-    'bat_downsample': _POOL.format("Table 2's downsampling to (T, s, s)"),
-}
+CANNOT_EXPORT = {}           # name -> reason (none today: BAT pools by matrix products while exporting, `adaptive_mean`)
 # Inductor generates and compiles C++ on the CPU (tens of seconds each on 2 cores), so it runs on two that between them
 # hold every kind of graph in the book: CGD (reductions and pointwise gating only: what inductor fuses into loops) and GTA
 # (matmul + softmax attention per frame as in NL, grouped T×T mixing, region pooling and scatter back: the most layout

@@ -13,9 +13,9 @@ from ..core import *
 
 # %% auto #0
 __all__ = ['NORMS', 'RESIZES', 'INITS', 'bat_literal', 'bilinear_transform', 'l1_normalise', 'normalise', 'row_pool', 'col_pool',
-           'BATPredictor', 'kron_identity', 'blockwise_transform', 'BATransform', 'temporal_literal',
-           'temporal_transform', 'attention_weights', 'BATBlock', 'bat_params', 'bat_macs', 'table1_params',
-           'table1_macs', 'colour_probe']
+           'pool_matrix', 'adaptive_mean', 'BATPredictor', 'kron_identity', 'blockwise_transform', 'BATransform',
+           'temporal_literal', 'temporal_transform', 'attention_weights', 'BATBlock', 'bat_params', 'bat_macs',
+           'table1_params', 'table1_macs', 'colour_probe']
 
 # %% ../../nbs/02_bat.ipynb #3f227a7e
 def _pair(s): return (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
@@ -72,6 +72,23 @@ def col_pool(f, s):
     "Eq. 6 (Eq. 4 when s = W): the max over all rows and the columns of each of s column blocks; (B, C, T, H, W) -> (B, C, T, s)."
     return rearrange(F.adaptive_max_pool3d(f, (f.shape[2], 1, s)), 'b c t 1 s -> b c t s')
 
+# %% ../../nbs/02_bat.ipynb #027deda7
+def pool_matrix(n: int, m: int, device=None, dtype=None) -> torch.Tensor:
+    "The (m, n) matrix of adaptive average pooling of n inputs to m outputs: row i averages PyTorch's window i."
+    i, j = torch.arange(m, device=device)[:, None], torch.arange(n, device=device)[None]
+    start, end = (i * n) // m, ((i + 1) * n + m - 1) // m
+    return ((j >= start) & (j < end)).to(dtype or torch.get_default_dtype()) / (end - start).to(dtype or torch.get_default_dtype())
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or getattr(torch.compiler, 'is_exporting', lambda: False)()
+
+def adaptive_mean(x: torch.Tensor, size, matrices: bool | None = None) -> torch.Tensor:
+    """`F.adaptive_avg_pool3d(x, size)` for x (B, C, T, H, W); as three matrix products with `matrices=True`, which is the
+    default while exporting (ONNX has no such pooling). Eagerly the pooling op: cheaper, and no multiply-adds to count."""
+    if not (_exporting() if matrices is None else matrices): return F.adaptive_avg_pool3d(x, size)
+    At, Ah, Aw = (pool_matrix(n, m, x.device, x.dtype) for n, m in zip(x.shape[2:], size))
+    return einsum(At, Ah, Aw, x, 'u t, i h, j w, b c t h w -> b c u i j')
+
 # %% ../../nbs/02_bat.ipynb #52e58af7
 class BATPredictor(nn.Module):
     """Transformation predictor (Sec. 3.2-3.4): F = ReLU(BN(1×1 conv C -> C')); P from row pooling (Eq. 5) and a [s_h, 1] conv,
@@ -100,7 +117,7 @@ class BATPredictor(nn.Module):
             P, Q = normalise(P, -1, self.norm), normalise(Q, -2, self.norm)        # Eq. 2: rows of P, columns of Q
         if self.kt > 0:
             _check_frames(x.shape[2], self.ts)
-            tp = F.adaptive_avg_pool3d(f, (self.ts, 1, 1))                         # temporal average pooling
+            tp = adaptive_mean(f, (self.ts, 1, 1))                                 # temporal average pooling
             Tm = rearrange(self.conv_t(tp), 'b (g u v) 1 1 1 -> b g u v', g=self.kt, u=self.ts)
             Tm = normalise(Tm, -1, self.norm)                                      # rows of T sum to 1
         return P, Q, Tm
@@ -191,7 +208,7 @@ def forward(self: BATransform, x):
     and T when kt > 0. 'downsample' (Table 2): Y = upsample(BA-Transform(X^ds)), X^ds the s_h×s_w average-pooled X."""
     if self.resize != 'downsample': return self.core(x)
     T, H, W = x.shape[2:]
-    y, maps = self.core(F.adaptive_avg_pool3d(x, (T, self.sh, self.sw)))       # BA-Transform on X^ds -> Y^ds
+    y, maps = self.core(adaptive_mean(x, (T, self.sh, self.sw)))               # BA-Transform on X^ds -> Y^ds
     return F.interpolate(y, size=(T, H, W), mode='trilinear', align_corners=False), maps   # bilinear per frame (T unchanged)
 
 # %% ../../nbs/02_bat.ipynb #92b691ba
