@@ -4,10 +4,11 @@
 
 # %% ../nbs/31_cli.ipynb #2248e744
 from __future__ import annotations
-import importlib.util, inspect, json, os, re, sys, time
+import dataclasses, importlib.util, json, os, re, sys, time
 from pathlib import Path
 import torch
-from .script import call_parse, Param, store_true
+from dataclasses import dataclass, field
+from .script import call_parse, Param, store_true, from_dataclass
 from .core import *
 from .models.backbones import _wants_T
 
@@ -15,9 +16,9 @@ from .models.backbones import _wants_T
 __all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'PATH_OPTIONS', 'SPLIT_NAMES', 'CI_RECIPE', 'build_operator', 'operator_table',
            'format_table', 'demo', 'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model',
            'parse_options', 'operator_weight_decay', 'load_data', 'results_table', 'resolve_saved_paths', 'input_size',
-           'pick_threads', 'describe_fitted', 'has_checkpoint', 'run_training', 'train', 'load_run', 'evaluate_run',
-           'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset', 'runs_folder', 'results_recipe',
-           'shared_run']
+           'pick_threads', 'describe_fitted', 'has_checkpoint', 'RunOptions', 'TrainConfig', 'run_training', 'train',
+           'load_run', 'evaluate_run', 'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset',
+           'runs_folder', 'results_recipe', 'shared_run']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
 from .results.measure import sync, median_time    # the measuring chapter's timer (median, CUDA-synchronised)
@@ -410,17 +411,96 @@ def _check_arguments(op, preset, backbone, amp, dropout, lr, pretrained, depth, 
                          'pass --frames 2 or more, or --backbone tsm or r2d (no temporal pooling)')
     _check_pretrained(pretrained, depth)
 
-def _check_out(out: Path, config: dict, resume: bool):
-    "A resumed run needs its checkpoint and the same options as saved (the epochs may grow); a new run needs a free folder."
-    if resume:
+def _check_out(out: Path, config: TrainConfig):
+    "A resumed run needs its checkpoint and the same saved options (the epochs may grow); a new run needs a free folder."
+    if config.resume:
         if not has_checkpoint(out): raise UsageError(f'--resume: no checkpoint at {out / "last.pt"}; run without --resume to start')
         if not (out / 'config.json').exists(): raise UsageError(f'--resume: {out} has a checkpoint but no config.json; use another --out')
-        saved = resolve_saved_paths(json.loads((out / 'config.json').read_text()), out)
-        default = {k: p.default for k, p in inspect.signature(run_training).parameters.items()}   # for runs saved before an option existed
-        changed = {k: (saved.get(k, default[k]), v) for k, v in config.items() if k != 'epochs' and saved.get(k, default[k]) != v}
+        saved = TrainConfig.from_json(resolve_saved_paths(json.loads((out / 'config.json').read_text()), out))
+        changed = saved.differences(config)
         if changed: raise UsageError(f'--resume with options that differ from the saved run: {changed}; use another --out')
     elif has_checkpoint(out):
         raise UsageError(f'{out} already holds a run: pass --resume to continue it, or choose another --out')
+
+# %% ../nbs/31_cli.ipynb #81c61818
+def _opt(default, help: str, **more):
+    "A dataclass field with its command-line help (and, for a flag that turns an option off, the flag's name: flag='quiet')."
+    return field(default=default, metadata=dict(help=help, **more))
+
+@dataclass
+class RunOptions:
+    "What a run is (model, data, optimisation): saved in its config.json; a resumed run must match them, `epochs` aside."
+    op: str = _opt('nl', "operator to insert: a registered name (see nlb_demo) or 'none'")
+    preset: str = _opt('', "where: a backbone preset (nl, rnl, cgd, bat, a2, gta, ...); default: the operator's paper's places")
+    backbone: str = _opt('c2d', "c2d, i3d, tsm or r2d")
+    depth: int = _opt(0, "0: the small CPU ResNet; 18, 34, 50, 101 or 152: a full ResNet (the papers use 50)")
+    width: int = _opt(8, "channels at res2 of the small ResNet (--depth 0)")
+    pretrained: str = _opt('', "with --depth: 'imagenet' (torchvision's weights, inflated) or a 2D ResNet state-dict file")
+    data: str = _opt('synthetic', "'synthetic' or '' (built in, generated once into the cache), a synthetic set folder, or a folder with train.csv/val.csv (see nlb_subset)")
+    videos: str = _opt('', "where the videos of a train.csv/val.csv folder are (default: the folder its subset.json names, else the folder itself)")
+    crop: int = _opt(112, "crop side in pixels for Kinetics-format data (112 or 224; training scales the short side to 8/7–10/7 of it)")
+    frames: int = _opt(8, "frames per clip")
+    stride: int = _opt(2, "temporal stride between sampled frames")
+    epochs: int = _opt(8, "epochs")
+    batch_size: int = _opt(16, "clips per step (per process under torchrun)")
+    lr: float = _opt(0.1, "peak learning rate (SGD, momentum 0.9)")
+    warmup: float = _opt(1.0, "epochs of linear warm-up before the cosine decay")
+    weight_decay: float = _opt(1e-4, "weight decay (none on norms and biases)")
+    op_options: str = _opt('', "options for the operator's constructor, key=value separated by commas (e.g. s=4 or resize=downsample for BAT; res4.map_size=8: one stage only)")
+    op_weight_decay: float = _opt(-1.0, "weight decay of the inserted operators' parameters (CGD's code: 4e-5); negative: same as --weight_decay")
+    clip_grad: float = _opt(0.0, "clip the gradient norm to this (0: off)")
+    dropout: float = _opt(0.0, "dropout before the classifier (BAT's Mini-Kinetics recipe: 0.5)")
+    amp: str = _opt('none', "mixed precision: none, bf16 or fp16")
+    seed: int = _opt(0, "random seed (data, init, order)")
+
+# %% ../nbs/31_cli.ipynb #1d911bdf
+@dataclass
+class TrainConfig(RunOptions):
+    "Every option of `run_training` and `nlb_train`, once: `RunOptions` and how this process trains (these may change on resume)."
+    channels_last: bool = _opt(False, "channels_last_3d memory format (GPU)")
+    compile: bool = _opt(False, "torch.compile the model")
+    workers: int = _opt(0, "DataLoader worker processes (decoding real videos wants several)")
+    out: str = _opt('runs/train', "run folder (config, metrics, checkpoint, curves, results)")
+    resume: bool = _opt(False, "continue the run in --out from its last checkpoint")
+    test_clips: int = _opt(3, "clips per video for the video-level accuracy")
+    ckpt_every: int = _opt(0, "also checkpoint every N steps (0: once per epoch)")
+    ckpt_minutes: float = _opt(5.0, "also checkpoint every this many minutes of training, so a kill costs minutes (0: off)")
+    threads: int = _opt(0, "CPU threads per process (0: $OMP_NUM_THREADS if set, else half the cores; see the CLI chapter)")
+    progress: bool = _opt(True, "no progress bars", flag='quiet')
+
+    def __post_init__(self): self.data = self.data or 'synthetic'      # '' and 'synthetic' are the same data
+    def to_json(self) -> dict:
+        "The saved options (`RunOptions`) as config.json holds them; the path options are absolute once `run_training` has run."
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunOptions)}
+    @classmethod
+    def from_json(cls, saved: dict, **runtime) -> TrainConfig:
+        "The options of a config.json (defaults for those a run saved before they existed) with `runtime` options."
+        keep = {f.name for f in dataclasses.fields(RunOptions)}
+        return cls(**{k: v for k, v in saved.items() if k in keep}, **runtime)
+
+# %% ../nbs/31_cli.ipynb #f84c325f
+def _replace(self, **overrides) -> TrainConfig:
+    "A copy with `overrides`; an unknown name is a `UsageError` that lists the options."
+    names = [f.name for f in dataclasses.fields(self)]
+    bad = [k for k in overrides if k not in names]
+    if bad: raise UsageError(f"unknown training option(s) {', '.join(bad)}; the options are: {', '.join(names)}")
+    return dataclasses.replace(self, **overrides)
+
+def _differences(self, other: TrainConfig) -> dict:
+    "{option: (this one's, the other's)} of the saved options that differ, `epochs` aside: a resumed run may train longer."
+    return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(RunOptions)
+            if f.name != 'epochs' and getattr(self, f.name) != getattr(other, f.name)}
+
+def _validate(self) -> TrainConfig:
+    "Every cheap check of the options (`_check_arguments`, `--op_options`), before any data or model is built; returns the config."
+    _check_arguments(self.op, self.preset, self.backbone, self.amp, self.dropout, self.lr, self.pretrained, self.depth,
+                     {k: getattr(self, k) for k in ('frames', 'stride', 'epochs', 'batch_size', 'width', 'test_clips', 'crop')},
+                     (('workers', self.workers, 'load in the main process'), ('ckpt_every', self.ckpt_every, 'no step-based checkpoints'),
+                      ('ckpt_minutes', self.ckpt_minutes, 'no time-based checkpoints'), ('threads', self.threads, 'choose automatically')))
+    parse_options(self.op_options)
+    return self
+
+TrainConfig.replace, TrainConfig.differences, TrainConfig.validate = _replace, _differences, _validate
 
 # %% ../nbs/31_cli.ipynb #480cb910
 def _build_for_data(cfg: dict, train_ds, what: str, options: dict, size: int, resume: bool) -> tuple:
@@ -513,36 +593,27 @@ def _train_in_folder(out: Path, cfg: dict, options: dict, size: int, resume: boo
     return _finish(learn, model, cfg, macs, t0, out, rank)
 
 # %% ../nbs/31_cli.ipynb #480cb914
-def run_training(op='nl', preset='', backbone='c2d', width=8, data='', frames=8, stride=2, epochs=8, batch_size=16, lr=0.1,
-                 warmup=1.0, weight_decay=1e-4, clip_grad=0.0, amp='none', channels_last=False, compile=False, workers=0,
-                 out='runs/train', resume=False, seed=0, test_clips=3, progress=True, ckpt_every=0, dropout=0.0,
-                 depth=0, pretrained='', crop=112, videos='', op_weight_decay=-1.0, op_options='', cbs=(),
-                 ckpt_minutes=5.0, threads=0):
-    """Everything `nlb_train` does, as a function: returns the results row (and writes the run folder); `cbs`: extra Learner
-    callbacks; `threads`: intra-op threads (0: `pick_threads`)."""
+def run_training(config: TrainConfig | None = None, *, cbs=(), **overrides):
+    """Everything `nlb_train` does, as a function: train the run `config` describes (default: `TrainConfig()`) with any option
+    overridden by keyword (`run_training(op='rnl', epochs=1)`); returns the results row (and writes the run folder).
+    `cbs`: extra Learner callbacks."""
     from nonlocal_book.train.learner import TrainingInterrupted
     from nonlocal_book.train.distributed import setup_distributed, cleanup_distributed
-    _check_arguments(op, preset, backbone, amp, dropout, lr, pretrained, depth,
-                     dict(frames=frames, stride=stride, epochs=epochs, batch_size=batch_size, width=width, test_clips=test_clips, crop=crop),
-                     (('workers', workers, 'load in the main process'), ('ckpt_every', ckpt_every, 'no step-based checkpoints'),
-                      ('ckpt_minutes', ckpt_minutes, 'no time-based checkpoints'), ('threads', threads, 'choose automatically')))
-    options = parse_options(op_options)
-    size = input_size(data, crop)
-    build_model(op, backbone, 2, width, frames, preset, seed, dropout, depth, options=options, size=size)   # it fits (no weights)
-    out = Path(out)
-    data, videos, pretrained = (_absolute(k, v) for k, v in (('data', data), ('videos', videos), ('pretrained', pretrained)))
-    config = dict(op=op, preset=preset, backbone=backbone, width=width, data=data, frames=frames, stride=stride, epochs=epochs,
-                  batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip_grad=clip_grad, amp=amp, seed=seed,
-                  dropout=dropout, depth=depth, pretrained=pretrained, crop=crop, videos=videos, op_weight_decay=op_weight_decay,
-                  op_options=op_options)
-    _check_out(out, config, resume)
-    torch.set_num_threads(pick_threads(threads))
+    cfg = (config if config is not None else TrainConfig()).replace(**overrides).validate()
+    options = parse_options(cfg.op_options)
+    size = input_size(cfg.data, cfg.crop)
+    build_model(cfg.op, cfg.backbone, 2, cfg.width, cfg.frames, cfg.preset, cfg.seed, cfg.dropout, cfg.depth,
+                options=options, size=size)                                                   # it fits (no weights)
+    cfg = cfg.replace(**{k: _absolute(k, getattr(cfg, k)) for k in PATH_OPTIONS})
+    out = Path(cfg.out)
+    _check_out(out, cfg)
+    torch.set_num_threads(pick_threads(cfg.threads))
     rank, world, device = setup_distributed()
     together = False                    # every rank reaches the end alike: leave the process group together
     try:
-        row = _train_in_folder(out, config, options, size, resume, rank, world, device, test_clips, progress,
-                               dict(workers=workers, channels_last=channels_last, compile=compile, ckpt_every=ckpt_every,
-                                    ckpt_minutes=ckpt_minutes, cbs=cbs))
+        row = _train_in_folder(out, cfg.to_json(), options, size, cfg.resume, rank, world, device, cfg.test_clips, cfg.progress,
+                               dict(workers=cfg.workers, channels_last=cfg.channels_last, compile=cfg.compile,
+                                    ckpt_every=cfg.ckpt_every, ckpt_minutes=cfg.ckpt_minutes, cbs=cbs))
         together = True
         return row
     except KeyboardInterrupt as e:
@@ -562,11 +633,11 @@ def _interrupted(e: KeyboardInterrupt, out: str):
         print(f"\n{e if clean else 'interrupted in the middle of a step'}. {where}", file=sys.stderr)
     sys.exit(143 if 'SIGTERM' in str(e) else 130)
 
-def _train_command(quiet: bool = False, **options):
-    "What `nlb_train` does with its options: `run_training`, one-line errors, a word on a stopped run, the results table."
-    try: row = run_training(progress=not quiet, **options)
+def _train_command(config: TrainConfig):
+    "What `nlb_train` does with its `TrainConfig`: `run_training`, one-line errors, a word on a stopped run, the results table."
+    try: row = run_training(config)
     except UsageError as e: _usage(e)
-    except KeyboardInterrupt as e: _interrupted(e, options['out'])
+    except KeyboardInterrupt as e: _interrupted(e, config.out)
     except RuntimeError as e:
         from nonlocal_book.train.learner import UnreadableData
         if not isinstance(e, UnreadableData): raise
@@ -575,40 +646,10 @@ def _train_command(quiet: bool = False, **options):
 
 # %% ../nbs/31_cli.ipynb #480cb918
 @call_parse
-def train(op: Param("operator to insert: a registered name (see nlb_demo) or 'none'", str) = 'nl',
-          preset: Param("where: a backbone preset (nl, rnl, cgd, bat, a2, gta, ...); default: the operator's paper's places", str) = '',
-          backbone: Param("c2d, i3d, tsm or r2d", str) = 'c2d',
-          depth: Param("0: the small CPU ResNet; 18, 34, 50, 101 or 152: a full ResNet (the papers use 50)", int) = 0,
-          width: Param("channels at res2 of the small ResNet (--depth 0)", int) = 8,
-          pretrained: Param("with --depth: 'imagenet' (torchvision's weights, inflated) or a 2D ResNet state-dict file", str) = '',
-          data: Param("'synthetic' (built in, generated once into the cache), a synthetic set folder, or a folder with train.csv/val.csv (see nlb_subset)", str) = 'synthetic',
-          videos: Param("where the videos of a train.csv/val.csv folder are (default: the folder its subset.json names, else the folder itself)", str) = '',
-          crop: Param("crop side in pixels for Kinetics-format data (112 or 224; training scales the short side to 8/7–10/7 of it)", int) = 112,
-          frames: Param("frames per clip", int) = 8,
-          stride: Param("temporal stride between sampled frames", int) = 2,
-          epochs: Param("epochs", int) = 8,
-          batch_size: Param("clips per step (per process under torchrun)", int) = 16,
-          lr: Param("peak learning rate (SGD, momentum 0.9)", float) = 0.1,
-          warmup: Param("epochs of linear warm-up before the cosine decay", float) = 1.0,
-          weight_decay: Param("weight decay (none on norms and biases)", float) = 1e-4,
-          op_options: Param("options for the operator's constructor, key=value separated by commas (e.g. s=4 or resize=downsample for BAT; res4.map_size=8: one stage only)", str) = '',
-          op_weight_decay: Param("weight decay of the inserted operators' parameters (CGD's code: 4e-5); negative: same as --weight_decay", float) = -1.0,
-          clip_grad: Param("clip the gradient norm to this (0: off)", float) = 0.0,
-          dropout: Param("dropout before the classifier (BAT's Mini-Kinetics recipe: 0.5)", float) = 0.0,
-          amp: Param("mixed precision: none, bf16 or fp16", str) = 'none',
-          channels_last: Param("channels_last_3d memory format (GPU)", store_true) = False,
-          compile: Param("torch.compile the model", store_true) = False,
-          workers: Param("DataLoader worker processes (decoding real videos wants several)", int) = 0,
-          out: Param("run folder (config, metrics, checkpoint, curves, results)", str) = 'runs/train',
-          resume: Param("continue the run in --out from its last checkpoint", store_true) = False,
-          seed: Param("random seed (data, init, order)", int) = 0,
-          test_clips: Param("clips per video for the video-level accuracy", int) = 3,
-          ckpt_every: Param("also checkpoint every N steps (0: once per epoch)", int) = 0,
-          ckpt_minutes: Param("also checkpoint every this many minutes of training, so a kill costs minutes (0: off)", float) = 5.0,
-          threads: Param("CPU threads per process (0: $OMP_NUM_THREADS if set, else half the cores; see the CLI chapter)", int) = 0,
-          quiet: Param("no progress bars", store_true) = False):
+@from_dataclass(TrainConfig)
+def train(config: TrainConfig):
     "Train a video ResNet with one of the book's operators (a small one on the synthetic set by default) and print a results table."
-    _train_command(**locals())          # every option above, by name
+    _train_command(config)
 
 # %% ../nbs/31_cli.ipynb #480cb920
 def load_run(out='runs/train', clips: int = 1, data: str = '', crops: int = 1) -> tuple:

@@ -4,10 +4,10 @@
 
 # %% ../nbs/33_script.ipynb #39e8458d
 from __future__ import annotations
-import argparse, functools, inspect
+import argparse, dataclasses, functools, inspect, typing
 
 # %% auto #0
-__all__ = ['store_true', 'Param', 'build_parser', 'call_parse']
+__all__ = ['store_true', 'Param', 'build_parser', 'call_parse', 'from_dataclass']
 
 # %% ../nbs/33_script.ipynb #c34ef10a
 def store_true():
@@ -56,3 +56,25 @@ def call_parse(func):
     caller = inspect.getmodule(inspect.currentframe().f_back)          # None in a notebook cell
     if getattr(caller, '__name__', '') == '__main__': command()         # `python script.py` / `python -m module`: run it
     return command
+
+# %% ../nbs/33_script.ipynb #18179620
+def _field_option(f, hints) -> tuple:
+    "(option name, Param, default) of dataclass field `f`: a bool that is True by default is the negating flag metadata['flag']."
+    typ, help = hints[f.name], f.metadata.get('help', '')
+    if typ is bool and f.default is True and f.metadata.get('flag'): return f.metadata['flag'], Param(help, store_true), False
+    return f.name, Param(help, store_true if typ is bool and not f.default else typ), f.default
+
+def from_dataclass(cls):
+    "Decorator: `func(config)` becomes `func(**options)`, one keyword option per field of dataclass `cls`, which it builds for `func`."
+    hints = typing.get_type_hints(cls)
+    opts = {f.name: _field_option(f, hints) for f in dataclasses.fields(cls) if f.init}
+    sig = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=p) for n, p, d in opts.values()])
+    def decorate(func):
+        @functools.wraps(func)
+        def command(**options):
+            given = sig.bind(**options); given.apply_defaults()         # a TypeError names an unknown option
+            a = given.arguments
+            return func(cls(**{k: (a[n] if n == k else not a[n]) for k, (n, _, _) in opts.items()}))
+        command.__signature__ = sig                                     # what build_parser and --help read
+        return command
+    return decorate
