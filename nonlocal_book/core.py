@@ -12,11 +12,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from einops import rearrange, einsum
 
 # %% auto #0
-__all__ = ['EXAMPLE_VIDEOS', 'OPERATORS', 'QUERY_COLOURS', 'DIAGRAM_COLOURS', 'to_video', 'from_video', 'check_channels',
-           'nonlocal_literal', 'count_params', 'count_macs', 'softmax32', 'seed_everything', 'default_device',
-           'BadItem', 'collate_good', 'example_video', 'read_frames', 'autocast_on', 'OperatorBlock', 'recording',
-           'output_projection', 'OpSpec', 'register', 'load_operators', 'list_operators', 'get_operator', 'build_block',
-           'show_maps', 'plot_curves', 'block_diagram', 'diagram_fontsizes']
+__all__ = ['EXAMPLE_VIDEOS', 'OPERATORS', 'QUERY_COLOURS', 'CURVE_STYLES', 'DIAGRAM_COLOURS', 'to_video', 'from_video',
+           'check_channels', 'nonlocal_literal', 'count_params', 'count_macs', 'softmax32', 'seed_everything',
+           'default_device', 'BadItem', 'collate_good', 'example_video', 'read_frames', 'autocast_on', 'OperatorBlock',
+           'recording', 'output_projection', 'OpSpec', 'register', 'load_operators', 'list_operators', 'get_operator',
+           'build_block', 'show_maps', 'plot_curves', 'block_diagram', 'diagram_fontsizes']
 
 # %% ../nbs/00_notation.ipynb #e3f4cfdf
 def to_video(x: torch.Tensor, name: str = 'input'):
@@ -316,13 +316,17 @@ def show_maps(maps, titles=None, ncols: int = 4, cmap: str = 'viridis', suptitle
 
 
 # %% ../nbs/00_notation.ipynb #7f4e77d8
+CURVE_STYLES = ('o-', 's--', '^:', 'd-.', 'v-', 'x--')
+
 def plot_curves(x, curves: dict, xlabel: str, ylabel: str, title: str, logy: bool = True, ax=None, styles=None):
-    "Plot named curves `{label: ys}` against `x`; returns the axes."
+    """Plot named curves `{label: ys}` against `x`; returns the axes. Each curve gets its own marker and line style (from
+    `styles`, else in turn), so curves that coincide stay distinguishable; the legend goes where it covers least."""
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
-    for label, ys in curves.items(): ax.plot(x, ys, (styles or {}).get(label, 'o-'), label=label)
+    for i, (label, ys) in enumerate(curves.items()):
+        ax.plot(x, ys, (styles or {}).get(label, CURVE_STYLES[i % len(CURVE_STYLES)]), label=label, ms=6 + 2 * (i == 0))
     if logy: ax.set_yscale('log')
-    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.set_title(title); ax.grid(alpha=0.3); ax.legend()
+    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.set_title(title); ax.grid(alpha=0.3); ax.legend(fontsize=9, loc='best')
     return ax
 
 # %% ../nbs/00_notation.ipynb #bbd170dd
