@@ -144,3 +144,55 @@ def test_long_cell_check_can_fail(tmp_path):
     assert [i for _, i, *_ in unexpected_long_cells(long, allowed=set(), pending=set())] == [1, 2]
     assert [i for _, i, *_ in unexpected_long_cells(long, allowed={('x.ipynb', 'c1'), ('x.ipynb', 'c2')}, pending=set())] == [1]
     assert unexpected_long_cells(long, allowed=set(), pending={('x.ipynb', 'c1'), ('x.ipynb', 'c2')}) == []
+
+
+# The main arc of an operator chapter: equation → literal → einops → proof → block → properties → cost → picture → paper
+# vs code, i.e. everything before its "## Summary". Long measurement sections go after the exercises, each under an
+# "## Appendix: ..." heading (read on demand; their long code folded), so the arc reads in one sitting.
+ARC_WORDS = 2300                 # issue 16: "roughly 2,000 words"
+BLOCK_BY_WORDS = 1300            # the block class is reached within the first ~half of the arc
+BLOCKS = {'01': 'NLBlock', '02': 'BATBlock', '03': 'RNLBlock', '04': 'CGDBlock', '05': 'A2Block', '06': 'GTABlock'}
+
+
+def prose_words(text: str) -> int:
+    "Words of a markdown cell's prose: display and inline maths, HTML comments and URLs of links do not count."
+    text = re.sub(r'\$\$.*?\$\$', ' ', text, flags=re.S)
+    text = re.sub(r'\$[^$\n]+\$', ' ', text)
+    text = re.sub(r'<!--.*?-->', ' ', text, flags=re.S)
+    text = re.sub(r'\]\([^)]*\)', ']', text)
+    return len(re.findall(r'[A-Za-z0-9²][\w’\'²-]*', text))
+
+
+def arc(nb):
+    """(words of the main arc, words before the block class's cell, [headings after the exercises that are not
+    appendices]) of operator chapter `nb`."""
+    cs = cells(nb)
+    summary = next(i for i, c in enumerate(cs) if c['cell_type'] == 'markdown' and re.match(r'## Summary\b', src(c)))
+    name = BLOCKS[nb.name[:2]]
+    block = next((i for i, c in enumerate(cs) if c['cell_type'] == 'code' and re.search(rf'^class {name}\b', src(c), re.M)), None)
+    assert block is not None, f'{nb.name}: no cell defines class {name}'
+    words = [prose_words(src(c)) if c['cell_type'] == 'markdown' else 0 for c in cs]
+    last_ex = max(i for i, c in enumerate(cs) if c['cell_type'] == 'markdown' and re.match(r'\*\*Exercise \d+\.\*\*', src(c)))
+    late = [h for c in cs[last_ex + 1:] if c['cell_type'] == 'markdown'
+            for h in re.findall(r'^## (.*)$', src(c), re.M) if not h.startswith('Appendix')]
+    return sum(words[:summary]), sum(words[:block]), late
+
+
+@pytest.mark.parametrize('nb', OPERATOR_CHAPTERS, ids=lambda p: p.name)
+def test_operator_chapter_reads_in_one_sitting(nb):
+    total, to_block, late = arc(nb)
+    assert total <= ARC_WORDS, (f'{nb.name}: the main arc (before "## Summary") has {total} words (at most {ARC_WORDS}): '
+                                'move long measurement sections after the exercises under "## Appendix: ..." headings')
+    assert to_block <= BLOCK_BY_WORDS, f'{nb.name}: {to_block} words before the block class (at most {BLOCK_BY_WORDS})'
+    assert not late, f'{nb.name}: sections after the exercises must be appendices ("## Appendix: ..."): {late}'
+
+
+def test_arc_check_can_fail(tmp_path):
+    "The check itself: words are counted without maths, the arc ends at the summary, a non-appendix section after the exercises is caught."
+    assert prose_words('The sum $\\sum_j f(x_i, x_j)$ over $$N^2$$ [pairs](https://x.org/a-b-c).') == 4
+    p = tmp_path / '01_x.ipynb'
+    cs = [('markdown', 'one two three'), ('code', 'class NLBlock: pass'), ('markdown', 'four five'),
+          ('markdown', '## Summary\nsix'), ('markdown', '**Exercise 1.** Do.'), ('markdown', '## More\nx'),
+          ('markdown', '## Appendix: costs\ny')]
+    p.write_text(json.dumps({'cells': [{'cell_type': t, 'source': [s], 'metadata': {}} for t, s in cs]}))
+    assert arc(p) == (5, 3, ['More'])
