@@ -825,41 +825,27 @@ def subset(annotations: Param("Kinetics-400 annotation CSVs: a folder with train
           f"train on it: nlb_train --data {r['out']}" + ('' if r['videos'] else ' --videos <folder of the videos>'))
 
 # %% ../nbs/31_cli.ipynb #9a60498d
-CI_RECIPE = dict(epochs=8, train_per_class=48, val_per_class=16, test_clips=1)
+CI_RECIPE = dict(test_clips=1)             # the main job's training, each epoch validated on 1 clip per video
 
 def runs_folder() -> Path:
     "Where the results chapters put their training runs: $NONLOCAL_BOOK_RUNS (shared by all chapters) or a new temporary folder."
     import tempfile
     return Path(os.environ.get('NONLOCAL_BOOK_RUNS') or tempfile.mkdtemp(prefix='nlb-runs-'))
 
-class _Locked:
-    "An exclusive lock on the file `path` (created) while the `with` block runs; a no-op where `fcntl` is missing (Windows)."
-    def __init__(self, path): self.path = Path(path)
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, 'a')
-        try: import fcntl
-        except ImportError: return self
-        fcntl.flock(self.f, fcntl.LOCK_EX)
-        return self
-    def __exit__(self, *exc): self.f.close()                           # closing the file releases the lock
-
 # %% ../nbs/31_cli.ipynb #54aaf218
 def results_recipe(folder) -> dict:
-    """The `run_training` options of the results chapters' runs: {} (the main job's defaults) for a reader, CI's shorter
-    recipe (`CI_RECIPE`, its synthetic set generated once in `folder`) under nbdev_test; NONLOCAL_BOOK_RECIPE=book|ci decides."""
+    """The `run_training` options of the results chapters' runs: {} (the main job's defaults) for a reader, CI's
+    (`CI_RECIPE`) under nbdev_test; NONLOCAL_BOOK_RECIPE=book|ci decides. Both train on the main job's synthetic set
+    (generated once into the cache, under a lock)."""
     which = os.environ.get('NONLOCAL_BOOK_RECIPE') or ('ci' if os.environ.get('IN_TEST') else 'book')
     if which == 'book': return {}
     if which != 'ci': raise ValueError(f"NONLOCAL_BOOK_RECIPE={which!r}: expected 'book' (the main job's recipe) or 'ci'")
-    from nonlocal_book.data.synthetic import generate_synthetic
-    n, v = CI_RECIPE['train_per_class'], CI_RECIPE['val_per_class']
-    data = Path(folder).resolve() / f'synthetic-{n}-{v}'
-    with _Locked(Path(folder) / '.synthetic.lock'): generate_synthetic(data, train_per_class=n, val_per_class=v)
-    return dict(data=str(data), epochs=CI_RECIPE['epochs'], test_clips=CI_RECIPE['test_clips'])
+    return dict(CI_RECIPE)
 
 def shared_run(op: str, folder, name: str = '', **options) -> dict:
     """`run_training(op, out=folder/name, **options)`'s results row, trained once: a finished run there is reused and an
     interrupted one resumed (both only if trained with the same options), one process at a time (a lock file)."""
     out = Path(folder) / (name or op)
-    with _Locked(Path(folder) / f'.{out.name}.lock'):
+    from nonlocal_book.data.synthetic import file_lock
+    with file_lock(Path(folder) / f'.{out.name}.lock'):
         return run_training(op=op, out=str(out), progress=False, resume=has_checkpoint(out), **options)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/22_synthetic.ipynb #1979fe7e
 from __future__ import annotations
-import json, math
+import contextlib, json, math
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from .kinetics import *
 
 # %% auto #0
 __all__ = ['SYNTHETIC_CLASSES', 'CLASS_KIND', 'TIME_REVERSED', 'PALETTE', 'SYNTHETIC_VERSION', 'render_clip', 'debug_bits',
-           'read_debug_index', 'generate_synthetic', 'synthetic_classes', 'synthetic_dataset', 'TimeProbe',
+           'read_debug_index', 'file_lock', 'generate_synthetic', 'synthetic_classes', 'synthetic_dataset', 'TimeProbe',
            'frame_stats', 'probe_accuracy']
 
 # %% ../../nbs/22_synthetic.ipynb #bb7d08b0
@@ -111,6 +111,17 @@ def read_debug_index(frame, frames_in_video: int = 64) -> int:
 
 def _clip_seed(seed, split, c, i): return np.random.default_rng([seed, ('train', 'val').index(split), c, i])
 
+# %% ../../nbs/22_synthetic.ipynb #96da2c0a
+@contextlib.contextmanager
+def file_lock(path):
+    "An exclusive lock on the file `path` (created) while the `with` block runs, across processes; a no-op without `fcntl` (Windows)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:                         # closing the file releases the lock
+        try: import fcntl
+        except ImportError: fcntl = None
+        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)
+        yield path
+
 # %% ../../nbs/22_synthetic.ipynb #96da2c02
 def generate_synthetic(root, seed: int = 0, train_per_class: int = 48, val_per_class: int = 16, frames: int = 16,
                        size: int = 32, fps: int = 8, classes=SYNTHETIC_CLASSES, debug: bool = False,
@@ -124,8 +135,15 @@ def generate_synthetic(root, seed: int = 0, train_per_class: int = 48, val_per_c
     params = dict(version=SYNTHETIC_VERSION, seed=seed, train_per_class=train_per_class, val_per_class=val_per_class,
                   frames=frames, size=size, fps=fps, classes=classes, debug=debug)
     done = root / 'synthetic.json'
-    if done.exists() and not overwrite and json.loads(done.read_text()).get('params') == params:
-        return dict(params, root=str(root), csv={s: str(root / f'{s}.csv') for s in ('train', 'val')})
+    with file_lock(root.parent / f'.{root.name}.lock'):        # another process writing this set: wait, then reuse it
+        if done.exists() and not overwrite and json.loads(done.read_text()).get('params') == params:
+            return dict(params, root=str(root), csv={s: str(root / f'{s}.csv') for s in ('train', 'val')})
+        return _write_synthetic(root, params, progress)
+
+def _write_synthetic(root: Path, params: dict, progress: bool) -> dict:
+    "Render and encode every clip of the set `params` describes into `root`, then its CSVs, classes.txt and synthetic.json."
+    seed, frames, size, fps, classes, debug = (params[k] for k in ('seed', 'frames', 'size', 'fps', 'classes', 'debug'))
+    train_per_class, val_per_class, done = params['train_per_class'], params['val_per_class'], root / 'synthetic.json'
     if done.exists(): done.unlink()
     end = max(1, math.ceil(frames / fps))
     jobs = [(s, ci, c, i) for s, n in (('train', train_per_class), ('val', val_per_class))
@@ -152,15 +170,17 @@ def synthetic_classes(root) -> list:
     return Path(root, 'classes.txt').read_text().split()
 
 def synthetic_dataset(root, split: str = 'train', frames: int = 8, stride: int = 2, sampling: str = 'dense',
-                      train: bool | None = None, transform='default', **kwargs) -> KineticsDataset:
+                      train: bool | None = None, transform='default', cache_mb: float = 256, **kwargs) -> KineticsDataset:
     """The synthetic set at `root` as a `KineticsDataset` of (clip (3, frames, H, W), label); `train` defaults to
-    split == 'train'; transform 'default' = normalisation only (no flip: it would swap direction classes)."""
+    split == 'train'; transform 'default' = normalisation only (no flip: it would swap direction classes); its decoded
+    videos are kept in memory up to `cache_mb` MiB (the default set needs 31)."""
     root = Path(root)
     if not (root / 'synthetic.json').exists():
         raise FileNotFoundError(f"no synthetic set at {root}; create it with generate_synthetic({str(root)!r})")
     if transform == 'default': transform = Normalize()
     ds = KineticsDataset(root / f'{split}.csv', root / split, classes=synthetic_classes(root), frames=frames, stride=stride,
-                         sampling=sampling, train=(split == 'train') if train is None else train, transform=transform, **kwargs)
+                         sampling=sampling, train=(split == 'train') if train is None else train, transform=transform,
+                         cache_mb=cache_mb, **kwargs)
     ds.kinds = [CLASS_KIND[c] for c in ds.classes]
     return ds
 

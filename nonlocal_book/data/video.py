@@ -331,10 +331,12 @@ class VideoDataset(torch.utils.data.Dataset):
     frames, stride, sampling ('dense' | 'uniform'), short ('loop' | 'pad' | 'error'): how clips are sampled;
     train: random clip (True) or `clips` evenly spread test clips (False);
     transform: applied to each float clip in [0, 1] (may return stacked views (V, C, T, H, W));
-    return_meta: also return a dict (index, path, label, num_frames, indices). An unreadable file gives a `BadItem` (see
-    `collate_good`), recorded in `failures`: it is never replaced by another video."""
+    return_meta: also return a dict (index, path, label, num_frames, indices); cache_mb: keep decoded videos in memory, up
+    to this many MiB (0: off), for small sets read every epoch. An unreadable file gives a `BadItem` (see `collate_good`),
+    recorded in `failures`: it is never replaced by another video."""
     def __init__(self, items, classes=None, frames: int = 8, stride: int = 8, sampling: str = 'dense', train: bool = True,
-                 clips: int = 1, transform=None, backend: str | None = 'pyav', short: str = 'loop', return_meta: bool = False):
+                 clips: int = 1, transform=None, backend: str | None = 'pyav', short: str = 'loop', return_meta: bool = False,
+                 cache_mb: float = 0):
         self.items = [it if isinstance(it, VideoItem) else VideoItem(str(it[0]), int(it[1])) for it in items]
         if not self.items: raise ValueError('VideoDataset needs at least one video')
         if sampling not in SAMPLINGS: raise ValueError(f"unknown sampling {sampling!r}; choose one of {SAMPLINGS}")
@@ -344,6 +346,8 @@ class VideoDataset(torch.utils.data.Dataset):
         self.transform, self.backend, self.short = transform, resolve_backend(backend), short
         self.return_meta = return_meta
         self.failures = {}
+        if cache_mb < 0: raise ValueError(f'cache_mb must be >= 0 (0: no cache), got {cache_mb}')
+        self.cache_left, self.cache = int(cache_mb * 2 ** 20), {}           # path -> (frames in the video, uint8 frames or None)
 
     def __len__(self): return len(self.items)
     @property
@@ -358,10 +362,12 @@ class VideoDataset(torch.utils.data.Dataset):
 def load(self: VideoDataset, i: int):
     "Clip(s) of item `i` and their frame indices; raises `VideoDecodeError` for an unreadable file."
     item = self.items[i]
-    n = video_info(item.path, self.backend).num_frames
+    hit = self.cache.get(item.path)
+    n, frames = hit or (video_info(item.path, self.backend).num_frames, None)
     if n < 1: raise _fail(item.path, 'the container reports no frames')
     idx = sample_indices(n, self.frames, self.stride, self.sampling, self.clips, self.train, self._rng(), self.short)
-    flat = decode_frames(item.path, idx.reshape(-1), self.backend)
+    if hit is None and self.cache_left > 0: frames = self.keep_decoded(item.path, n)
+    flat = frames[torch.from_numpy(idx.reshape(-1))] if frames is not None else decode_frames(item.path, idx.reshape(-1), self.backend)
     clips = rearrange(flat, '(k t) h w c -> k c t h w', k=idx.shape[0]).float().div_(255)
     views = [self.transform(c) if self.transform is not None else c for c in clips]
     views = [v if v.ndim == 5 else v[None] for v in views]
@@ -377,6 +383,18 @@ def __getitem__(self: VideoDataset, i: int):
         return BadItem(i, item.path, str(e))
     if not self.return_meta: return x, item.label
     return x, item.label, dict(index=i, path=item.path, label=item.label, num_frames=n, indices=torch.from_numpy(idx))
+
+# %% ../../nbs/20_video.ipynb #c4c5e002
+@patch
+def keep_decoded(self: VideoDataset, path: str, n: int):
+    """All `n` frames of the video at `path`, decoded once and kept while `cache_mb` allows; None (and never tried again)
+    when they cannot all be decoded: clips that avoid a damaged tail still decode, as without the cache."""
+    try: frames = decode_frames(path, range(n), self.backend)
+    except VideoDecodeError: frames = None
+    keep = frames is not None and frames.numel() <= self.cache_left
+    self.cache[path] = (n, frames if keep else None)
+    if keep: self.cache_left -= frames.numel()
+    return frames
 
 # %% ../../nbs/20_video.ipynb #715a2804
 @patch
