@@ -249,7 +249,7 @@ class BATBlock(OperatorBlock):
         self.keep(**maps)
         return from_video(x5 + self.dropout(self.up(y)), was_image)
 
-# %% ../../nbs/02_bat.ipynb #a5edf2c7
+# %% ../../nbs/02_bat.ipynb #75027ecd
 def attention_weights(P, Q, H: int | None = None, W: int | None = None):
     """Eq. 8, W = Pᵀ A Qᵀ with A all ones, per group: (column sums of P) ⊗ (row sums of Q), spread over the blocks
     when H, W are larger than P, Q (block-based). P (B, k, T, s_h, s_h), Q (B, k, T, s_w, s_w) -> (B, k, T, H, W)."""
