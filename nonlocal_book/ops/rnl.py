@@ -14,7 +14,7 @@ from .nl import nl_literal, nl_weights, NLBlock, nl_macs
 # %% auto #0
 __all__ = ['REGIONS', 'REGION_INITS', 'RELATIONS', 'region_kernel', 'region_literal', 'region_aggregate', 'official_region_std',
            'RegionAggregation', 'rnl_literal', 'rnl_weights', 'rnl_attend', 'RNLBlock', 'AdditiveSE', 'SERNLBlock',
-           'textured_objects', 'own_object_mass', 'map_distance', 'rnl_params', 'rnl_macs']
+           'rnl_macs', 'textured_objects', 'own_object_mass', 'map_distance', 'rnl_params']
 
 # %% ../../nbs/03_rnl.ipynb #305b6b6b
 REGIONS = ('conv', 'avg', 'max')
@@ -216,6 +216,15 @@ class SERNLBlock(OperatorBlock):
         check_channels(x5, self.channels, 'SERNLBlock')
         return from_video(self.rnl(self.se(x5)), was_image)
 
+# %% ../../nbs/03_rnl.ipynb #a08102fc
+def rnl_macs(channels, T, H, W, inner=None, kernel=(3, 7, 7), region='conv', subsample=False):
+    "Multiply-adds of an RNL block: W_g + F_θ (depthwise conv only) + affinity + aggregation + W_z."
+    C, Ci = channels, inner or channels // 2
+    kT, kH, kW = region_kernel(kernel)
+    N = T * H * W
+    M = T * -(-H // 2) * -(-W // 2) if subsample else N
+    return N * C * Ci + (N * Ci * kT * kH * kW if region == 'conv' else 0) + 2 * N * M * Ci + N * Ci * C
+
 # %% ../../nbs/03_rnl.ipynb #35b1c5ae
 def textured_objects(frames: int = 4, size: int = 24, side: int = 8, p: float = 0.75, seed: int = 0):
     """A clip (1, 2, T, H, W) with two moving square objects on a zero background: A has red (channel 0) pixels with probability
@@ -244,25 +253,6 @@ def map_distance(a, b):
     "Total-variation distance between two attention maps, each normalised to sum 1: 0 = identical, 1 = disjoint."
     return 0.5 * (a / a.sum() - b / b.sum()).abs().sum()
 
-# %% ../../nbs/03_rnl.ipynb #47f6cb44
-def rnl_params(channels, kernel=(3, 7, 7), region='conv', inner=None, official=False):
-    """Parameters of an RNL block: W_g (with bias), F_θ, W_z and BN. `official=True` counts as the official code does:
-    W_z with bias, and F_θ as a masked grouped conv (weight (C', 32, k) plus its mask, both registered as parameters)."""
-    C, Ci = channels, inner or channels // 2
-    K = region_kernel(kernel)[0] * region_kernel(kernel)[1] * region_kernel(kernel)[2]
-    base = C * Ci + Ci + Ci * C + (C if official else 0) + 2 * C
-    if region != 'conv': return base
-    return base + (2 * Ci * (Ci // max(Ci // 32, 1)) * K if official else Ci * K)
-
-# %% ../../nbs/03_rnl.ipynb #a08102fc
-def rnl_macs(channels, T, H, W, inner=None, kernel=(3, 7, 7), region='conv', subsample=False):
-    "Multiply-adds of an RNL block: W_g + F_θ (depthwise conv only) + affinity + aggregation + W_z."
-    C, Ci = channels, inner or channels // 2
-    kT, kH, kW = region_kernel(kernel)
-    N = T * H * W
-    M = T * -(-H // 2) * -(-W // 2) if subsample else N
-    return N * C * Ci + (N * Ci * kT * kH * kW if region == 'conv' else 0) + 2 * N * M * Ci + N * Ci * C
-
 # %% ../../nbs/03_rnl.ipynb #f1170681
 register('rnl', RNLBlock, doc='region-based non-local block, Gaussian, channel-wise 3×7×7 region (Huang & Bors 2020)')
 register('rnl_dot', RNLBlock, f='dot', doc='RNL block, dot product / THW (Eq. 6)')
@@ -272,3 +262,13 @@ register('rnl_max', RNLBlock, region='max', doc='RNL block, region by 3×7×7 ma
 register('se_add', AdditiveSE, doc="the RNL paper's modified SE: mean squeeze, BN after W₁, additive excitation (Eq. 10–12)")
 register('se_rnl', SERNLBlock, doc='attention chain: additive SE (Eq. 10–12), then an RNL block (Huang & Bors 2020, III-D)')
 register('cg_rnl', SERNLBlock, squeeze='attention', doc="attention chain as in the official code: attention-pooling squeeze, then RNL");
+
+# %% ../../nbs/03_rnl.ipynb #47f6cb44
+def rnl_params(channels, kernel=(3, 7, 7), region='conv', inner=None, official=False):
+    """Parameters of an RNL block: W_g (with bias), F_θ, W_z and BN. `official=True` counts as the official code does:
+    W_z with bias, and F_θ as a masked grouped conv (weight (C', 32, k) plus its mask, both registered as parameters)."""
+    C, Ci = channels, inner or channels // 2
+    K = region_kernel(kernel)[0] * region_kernel(kernel)[1] * region_kernel(kernel)[2]
+    base = C * Ci + Ci + Ci * C + (C if official else 0) + 2 * C
+    if region != 'conv': return base
+    return base + (2 * Ci * (Ci // max(Ci // 32, 1)) * K if official else Ci * K)
