@@ -52,3 +52,18 @@ def test_bare_backbone_counted_once_per_builder_and_input():
 def test_rows_the_chapter_matches(key, params, gmacs):
     rec = cx.measure_row({r.key: r for r in cx.PAPER_ROWS}[key])
     assert abs(rec['params'] - params) <= 0.01 * params and abs(rec['gmacs'] - gmacs) <= 0.01 * gmacs, rec
+
+
+def test_every_table_of_the_fidelity_issue_has_rows():
+    "Issue 15, item 5: each numbered cost table named there has rows (BAT Table 1 has its own formula section in the chapter)."
+    rows = cx.PAPER_ROWS
+    sources = {r.source for r in rows}
+    named = {'BAT Table 2', 'BAT Table 4', 'BAT Table 5', 'BAT Table 7', 'BAT Table 8', 'RNL Table II(c)', 'RNL Table III',
+             'CGD Table 3', 'CGD Table 6', 'A² Table 1', 'A² Table 2', 'A² Table 3', 'GTA Table 1', 'GTA Table 6'}
+    assert named <= sources, named - sources
+    keys = {r.key for r in rows}
+    assert {'bat5_r18_nl', 'bat5_r18_bat', 'bat5_nl', 'bat5_bat', 'bat8_i3d', 'bat8_i3d_bat', 'bat8_c2d_bat3d',
+            'a2_r26', 'a2_r29', 'a2_r50', 'gta6_sa', 'gta6_ta', 'gta6_sa_ta', 'gta6_gta', 'gta1_dnl', 'cgd3_mk_cgnl'} <= keys
+    assert len(keys) == len(rows)                                                   # one key per row
+    mk_cgnl = {r.key: r for r in rows}['cgd3_mk_cgnl']
+    assert (mk_cgnl.params_m, mk_cgnl.gmacs) == (1.64, 1.29)                        # the one Mini-Kinetics row that differs
