@@ -39,7 +39,7 @@ TINY = ['--frames', '4', '--width', '4', '--quiet', '--test_clips', '1']
 # --- bad videos -----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('workers', [0, 2])
-def test_bad_videos_are_reported_and_excluded_in_every_split_with_any_workers(tmp_path, tiny_set, workers):
+def test_bad_videos_are_reported_and_excluded_in_every_split_with_any_workers(tmp_path, tiny_set, workers, capsys):
     from nonlocal_book.cli import run_training, evaluate_run
     bad = damaged_copy(tiny_set, tmp_path / 'set')
     row = run_training(data=str(tmp_path / 'set'), out=str(tmp_path / 'run'), frames=4, width=4, epochs=1, batch_size=4,
@@ -48,6 +48,7 @@ def test_bad_videos_are_reported_and_excluded_in_every_split_with_any_workers(tm
     assert sorted(report['train']) == sorted(bad[:2]) and list(report['valid']) == bad[2:]
     assert row['bad videos'] == 3 and json.loads((tmp_path / 'run' / 'results.json').read_text())['bad videos'] == 3
     assert read_history(tmp_path / 'run' / 'metrics.jsonl')[-1]['bad_videos'] == 1      # the validation score left one out
+    assert '2 training and 1 validation videos are unreadable' in capsys.readouterr().err       # and it is said, not only written
     r = evaluate_run(str(tmp_path / 'run'), clips=1)
     assert r['bad_videos'] == 1 and list(r['bad']) == bad[2:]
 
@@ -212,6 +213,9 @@ def test_a_run_folder_works_from_any_directory(tmp_path, tiny_set):
     (tmp_path / 'b').mkdir()
     ev = run(tmp_path / 'b', 'nlb_eval', '--out', str(tmp_path / 'a' / 'run'), '--clips', '1')
     assert ev.returncode == 0 and 'video top-1' in ev.stdout, ev.stderr[-2000:]
+    res = run(tmp_path / 'b', 'nlb_train', '--data', str(tmp_path / 'a' / 'data'), '--out', str(tmp_path / 'a' / 'run'),
+              '--epochs', '2', '--resume', *TINY)                                 # --resume from another directory
+    assert res.returncode == 0 and 'resumed at epoch 2' in res.stdout, res.stderr[-2000:]
     cfg['data'] = 'data'                                    # a config written before paths were stored absolute
     (tmp_path / 'a' / 'run' / 'config.json').write_text(json.dumps(cfg))
     ev = run(tmp_path / 'b', 'nlb_eval', '--out', str(tmp_path / 'a' / 'run'), '--clips', '1')
@@ -300,7 +304,7 @@ def test_bat_trains_from_the_cli_with_its_defaults_and_says_what_it_chose(tmp_pa
 
 # --- dtypes -------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('name', ['nl', 'bat', 'rnl', 'cgd', 'a2', 'gta'])
+@pytest.mark.parametrize('name', list_operators())
 def test_integer_and_float64_input_get_a_clear_error(name):
     spec = get_operator(name)
     block = spec.build(spec.channels)                                          # at the registry's test shapes
@@ -308,3 +312,17 @@ def test_integer_and_float64_input_get_a_clear_error(name):
     with pytest.raises(TypeError, match=r'x\.float\(\)'): block(x.to(torch.uint8))
     with pytest.raises(TypeError, match=r'has torch\.float32 weights but got torch\.float64'): block(x.double())
     assert block.double()(x.double()).dtype == torch.float64                  # a block converted to float64 takes it
+
+
+
+# --- empty batches ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', list_operators())
+def test_an_empty_batch_gives_the_empty_shape(name):
+    "dnl, gta, gta_pixel, gta_region and tape raised ZeroDivisionError on a batch of 0 (checked on the code before the fix)."
+    spec = get_operator(name)
+    block = spec.build(spec.channels)
+    x = torch.randn(0, spec.channels, spec.frames, spec.size, spec.size)
+    for mode in (block.train, block.eval):
+        mode()
+        with torch.no_grad(): assert block(x).shape == x.shape
