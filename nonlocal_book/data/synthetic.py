@@ -140,6 +140,7 @@ def generate_synthetic(root, seed: int = 0, train_per_class: int = 48, val_per_c
             return dict(params, root=str(root), csv={s: str(root / f'{s}.csv') for s in ('train', 'val')})
         return _write_synthetic(root, params, progress)
 
+# %% ../../nbs/22_synthetic.ipynb #96da2c0f
 def _write_synthetic(root: Path, params: dict, progress: bool) -> dict:
     "Render and encode every clip of the set `params` describes into `root`, then its CSVs, classes.txt and synthetic.json."
     seed, frames, size, fps, classes, debug = (params[k] for k in ('seed', 'frames', 'size', 'fps', 'classes', 'debug'))
