@@ -196,3 +196,26 @@ def test_arc_check_can_fail(tmp_path):
           ('markdown', '## Appendix: costs\ny')]
     p.write_text(json.dumps({'cells': [{'cell_type': t, 'source': [s], 'metadata': {}} for t, s in cs]}))
     assert arc(p) == (5, 3, ['More'])
+
+
+def anchor(heading: str) -> str:
+    "The id Quarto (pandoc) gives a heading, near enough for the book's headings: maths dropped, punctuation removed, lower case."
+    h = re.sub(r'\$[^$]*\$', '', heading)
+    h = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', h).replace('`', '').replace('*', '')
+    h = ''.join(ch for ch in h if ch.isalnum() or ch in ' _-.')
+    return re.sub(r'^[^a-z]+', '', re.sub(r'\s+', '-', h.strip()).lower())
+
+
+@pytest.mark.parametrize('nb', CHAPTERS, ids=lambda p: p.name)
+def test_links_within_a_chapter_reach_a_heading(nb):
+    "A link to a section of the same page (`[Appendix: cost](#appendix-cost)`) names one of its headings."
+    md = [src(c) for c in cells(nb) if c['cell_type'] == 'markdown']
+    ids = {anchor(h) for s in md for h in re.findall(r'^#+ (.*)$', s, re.M)}
+    bad = sorted(set(re.findall(r'\]\(#([^)\s]+)\)', '\n'.join(md))) - ids)
+    assert not bad, f'{nb.name}: links to sections that no heading has: {bad}'
+
+
+def test_anchor_follows_pandoc():
+    test = [('## Appendix: cost against Tables 1 and 6', 'appendix-cost-against-tables-1-and-6'),
+            ('## Eq. 7–8: cross-channel multi-head', 'eq.-78-cross-channel-multi-head'), ('## 3D BAT (Sec. 3.4)', 'd-bat-sec.-3.4')]
+    assert [anchor(h.lstrip('# ')) for h, _ in test] == [a for _, a in test]
