@@ -833,7 +833,7 @@ def runs_folder() -> Path:
     return Path(os.environ.get('NONLOCAL_BOOK_RUNS') or tempfile.mkdtemp(prefix='nlb-runs-'))
 
 # %% ../nbs/31_cli.ipynb #54aaf218
-def results_recipe(folder) -> dict:
+def results_recipe() -> dict:
     """The `run_training` options of the results chapters' runs: {} (the main job's defaults) for a reader, CI's
     (`CI_RECIPE`) under nbdev_test; NONLOCAL_BOOK_RECIPE=book|ci decides. Both train on the main job's synthetic set
     (generated once into the cache, under a lock)."""
