@@ -18,7 +18,7 @@ def entry_points() -> dict:
 def stub(name, folder=Path(os.environ.get('TMPDIR', '/tmp'))) -> Path:
     "A script that runs console script `name` exactly as pip's generated entry point does (from the working tree)."
     mod, fn = entry_points()[name]
-    path = Path(folder) / f'nlb_stub_{name}.py'
+    path = Path(folder) / f'nlb_stub_{name}_{os.getpid()}.py'                # per process: pytest -n workers share /tmp
     path.write_text(f'import sys\nfrom {mod} import {fn}\nsys.exit({fn}())\n')
     return path
 
@@ -28,9 +28,30 @@ def cli(name, *args, timeout=600):
     return subprocess.run([sys.executable, str(stub(name)), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+def cli_here(name, *args):
+    """Console script `name`'s entry function called in this process, as its entry point calls it (`sys.argv` set, stdout
+    and stderr captured, `SystemExit`'s code kept): the argument checks, without a new interpreter's seconds of imports
+    per case. An exception that escapes is raised here, so a traceback fails the test as it would in a subprocess. `cli`
+    runs the real entry point in a subprocess; the end-to-end tests use it, and .ci/run runs every script's --help."""
+    import contextlib, importlib, io, torch
+    mod, fn = entry_points()[name]
+    func = getattr(importlib.import_module(mod), fn)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = [name, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try: func()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str): print(e.code, file=sys.stderr)
+    finally: sys.argv = argv; torch.set_num_threads(threads)            # a script may set the thread count
+    return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.mark.parametrize('name', ['nlb_train', 'nlb_eval', 'nlb_subset', 'nlb_synthetic', 'nlb_bench', 'nlb_demo'])
 def test_help_explains_every_option(name):
-    r = cli(name, '--help')
+    r = cli_here(name, '--help')
     assert r.returncode == 0, r.stderr
     opts = re.findall(r'--(\w+)', r.stdout)
     assert opts and 'usage' in r.stdout.lower()
@@ -59,8 +80,8 @@ def test_help_explains_every_option(name):
     (['--dropout', '1.5'], '--dropout must be in [0, 1)'),
 ])
 def test_bad_arguments_get_one_line_not_a_traceback(tmp_path, args, message):
-    r = cli('nlb_train', '--out', str(tmp_path / 'run'), '--quiet', *args, '--data', str(tmp_path / 'none')) if '--data' not in args \
-        else cli('nlb_train', '--out', str(tmp_path / 'run'), '--quiet', *args)
+    r = cli_here('nlb_train', '--out', str(tmp_path / 'run'), '--quiet', *args, '--data', str(tmp_path / 'none')) if '--data' not in args \
+        else cli_here('nlb_train', '--out', str(tmp_path / 'run'), '--quiet', *args)
     assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
     assert message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
 
@@ -110,7 +131,7 @@ def test_train_then_resume_to_more_epochs(tmp_path, tiny_set):
     ('nlb_eval', ['--crops', '2'], '--crops must be 1 (centre) or 3'),
 ])
 def test_other_scripts_refuse_bad_arguments_in_one_line(tmp_path, name, args, message):
-    r = cli(name, *args)
+    r = cli_here(name, *args)
     assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
     assert message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
 

@@ -11,7 +11,7 @@ from nonlocal_book.core import get_operator, list_operators, seed_everything
 from nonlocal_book.train.learner import Callback, CheckpointCB, Learner, MetricsCB, ToyClips, atomic_save, read_history, toy_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli import ENV, ROOT, cli, stub                                   # noqa: E402
+from test_cli import ENV, ROOT, cli, cli_here, stub                                   # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -261,7 +261,7 @@ def test_resuming_a_two_rank_checkpoint_with_one_process_is_one_line(tmp_path, t
     (['--frames', '1'], 'needs --frames >= 2'),
 ])
 def test_bad_values_name_their_option(tmp_path, args, message):
-    r = cli('nlb_train', '--out', str(tmp_path / 'run'), '--quiet', '--data', str(tmp_path / 'none'), *args)
+    r = cli_here('nlb_train', '--out', str(tmp_path / 'run'), '--quiet', '--data', str(tmp_path / 'none'), *args)
     assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert 'temporal_pool' not in r.stderr and '--op_options' not in r.stderr      # no hint to an option that cannot help
 
