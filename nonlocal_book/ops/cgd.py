@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 import torch
+import torch.nn.functional as F
 from torch import nn
 from einops import rearrange, reduce, einsum
 from fastcore.basics import patch
@@ -49,9 +50,11 @@ POOLS = ('avg', 'max', 'softmax_avg', 'softmax_max')
 def cgd_pool(X: torch.Tensor, kind: str) -> torch.Tensor:
     """Sub-descriptor of Table 2 on `X` (..., N, M): global 'avg' or 'max' over the M positions, or a softmax over N of either.
     The max goes through `torch.max(dim)`, whose backward scatters each gradient to the one position it took (saving only
-    the indices), not through `amax`, whose backward is four full-size passes and keeps `X` alive."""
+    the indices), not through `amax`, whose backward is four full-size passes and keeps `X` alive; the average is the sum
+    over M divided by M, whose backward is a broadcast view of the (..., N) gradient, not `mean`, whose backward divides
+    a full-size expanded copy."""
     if kind not in POOLS: raise ValueError(f"unknown sub-descriptor {kind!r}; choose one of {POOLS}")
-    pooled = X.max(dim=-1).values if kind.endswith('max') else reduce(X, '... n m -> ... n', 'mean')
+    pooled = X.max(dim=-1).values if kind.endswith('max') else reduce(X, '... n m -> ... n', 'sum') / X.shape[-1]
     return softmax32(pooled, dim=-1) if kind.startswith('softmax') else pooled
 
 # %% ../../nbs/04_cgd.ipynb #e2c03706
@@ -173,16 +176,31 @@ def _check(self: CGDBlock, x5):
         raise ValueError(f"CGDBlock(dim={self.dim!r}) was built for {side}={self.map_size} but got {side}="
                          f"{H if self.dim == 'height' else W}; build it with map_size= that {side}")
 
+def _base_pools(variant) -> set:
+    "The poolings ('avg', 'max') a Table 2 variant reads, its cascade's sub-modules included."
+    return set().union(*(_base_pools(k) if k in VARIANTS else {k.split('_')[-1]} for k in VARIANTS[variant]))
+
+def _channel_pools(x5, variant) -> dict:
+    """The channel descriptor's poolings, taken over (H, W) of `x5` (B, C, T, H, W) in its own layout and only then arranged
+    (B, T, C): pooling the permuted view `b t c (h w)` gives the same numbers, but its backward writes the full-size gradient
+    in the permuted order, which the additions gathering the input's gradient then read against the grain."""
+    need, T, M = _base_pools(variant), x5.shape[2], x5.shape[3] * x5.shape[4]
+    pools = {}
+    if 'avg' in need: pools['avg'] = rearrange(reduce(x5, 'b c t h w -> b c t', 'sum') / M, 'b c t -> b t c')
+    if 'max' in need: pools['max'] = rearrange(F.adaptive_max_pool3d(x5, (T, 1, 1)), 'b c t 1 1 -> b t c')
+    return pools
+
 @patch
 def descriptor(self: CGDBlock, x5):
     "z (B, N), or (B, T·N) for 'concat' and 'frame': the pre-activation descriptor of a video `x5` (B, C, T, H, W)."
     Xd = rearrange(x5, _ALONG[self.dim])                                   # (B, T, N, M)
     weights, biases = list(self.weights), list(self.biases) if self.biases is not None else None
+    pools = _channel_pools(x5, self.variant) if self.dim == 'channel' and self.temporal in ('sum', 'frame') else None
     if self.temporal == 'frame':                                           # per-frame terms, no copy of the clip
-        return rearrange(cgd_z(Xd, self.variant, weights, biases, frame_sum=False), 'b t n -> b (t n)')
+        return rearrange(cgd_z(Xd, self.variant, weights, biases, frame_sum=False, pools=pools), 'b t n -> b (t n)')
     if self.temporal == 'mean': Xd = reduce(Xd, 'b t n m -> b 1 n m', 'mean')
     if self.temporal == 'concat': Xd = rearrange(Xd, 'b t n m -> b 1 (t n) m')
-    return cgd_z(Xd, self.variant, weights, biases)
+    return cgd_z(Xd, self.variant, weights, biases, pools=pools)
 
 # %% ../../nbs/04_cgd.ipynb #d7d4dadc
 @patch
