@@ -184,10 +184,10 @@ def _channel_pools(x5, variant) -> dict:
     """The channel descriptor's poolings, taken over (H, W) of `x5` (B, C, T, H, W) in its own layout and only then arranged
     (B, T, C): pooling the permuted view `b t c (h w)` gives the same numbers, but its backward writes the full-size gradient
     in the permuted order, which the additions gathering the input's gradient then read against the grain."""
-    need, T, M = _base_pools(variant), x5.shape[2], x5.shape[3] * x5.shape[4]
-    pools = {}
-    if 'avg' in need: pools['avg'] = rearrange(reduce(x5, 'b c t h w -> b c t', 'sum') / M, 'b c t -> b t c')
-    if 'max' in need: pools['max'] = rearrange(F.adaptive_max_pool3d(x5, (T, 1, 1)), 'b c t 1 1 -> b t c')
+    need, pools = _base_pools(variant), {}
+    if 'avg' in need: pools['avg'] = rearrange(cgd_pool(rearrange(x5, 'b c t h w -> b c t (h w)'), 'avg'), 'b c t -> b t c')
+    # the max through adaptive_max_pool3d: its backward is one pass, torch.max(dim)'s two (zeros, then a scatter)
+    if 'max' in need: pools['max'] = rearrange(F.adaptive_max_pool3d(x5, (x5.shape[2], 1, 1)), 'b c t 1 1 -> b t c')
     return pools
 
 @patch
