@@ -13,12 +13,12 @@ from .core import *
 from .models.backbones import _wants_T
 
 # %% auto #0
-__all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'PATH_OPTIONS', 'SPLIT_NAMES', 'CI_RECIPE', 'build_operator', 'operator_table',
-           'format_table', 'demo', 'bench_operator', 'bench_table', 'bench', 'cache_dir', 'UsageError', 'build_model',
-           'parse_options', 'operator_weight_decay', 'load_data', 'results_table', 'resolve_saved_paths', 'input_size',
-           'pick_threads', 'describe_fitted', 'has_checkpoint', 'RunOptions', 'TrainConfig', 'run_training', 'train',
-           'load_run', 'evaluate_run', 'evaluate', 'synthetic', 'read_annotations', 'build_subset', 'subset',
-           'runs_folder', 'results_recipe', 'shared_run']
+__all__ = ['DEFAULT_PLACES', 'TORCHVISION_HINT', 'PATH_OPTIONS', 'SPLIT_NAMES', 'CI_RECIPE', 'CI_TABLE_RECIPE', 'build_operator',
+           'operator_table', 'format_table', 'demo', 'bench_operator', 'bench_table', 'bench', 'cache_dir',
+           'UsageError', 'build_model', 'parse_options', 'operator_weight_decay', 'load_data', 'results_table',
+           'resolve_saved_paths', 'input_size', 'pick_threads', 'describe_fitted', 'has_checkpoint', 'RunOptions',
+           'TrainConfig', 'run_training', 'train', 'load_run', 'evaluate_run', 'evaluate', 'synthetic',
+           'read_annotations', 'build_subset', 'subset', 'runs_folder', 'results_recipe', 'shared_run']
 
 # %% ../nbs/31_cli.ipynb #45c88e24
 from .results.measure import sync, median_time    # the measuring chapter's timer (median, CUDA-synchronised)
@@ -826,6 +826,7 @@ def subset(annotations: Param("Kinetics-400 annotation CSVs: a folder with train
 
 # %% ../nbs/31_cli.ipynb #9a60498d
 CI_RECIPE = dict(test_clips=1)             # the main job's training, each epoch validated on 1 clip per video
+CI_TABLE_RECIPE = dict(CI_RECIPE, epochs=3)   # a run no assertion reads trained (a table's or a plot's): 3 epochs
 
 def runs_folder() -> Path:
     "Where the results chapters put their training runs: $NONLOCAL_BOOK_RUNS (shared by all chapters) or a new temporary folder."
@@ -833,14 +834,15 @@ def runs_folder() -> Path:
     return Path(os.environ.get('NONLOCAL_BOOK_RUNS') or tempfile.mkdtemp(prefix='nlb-runs-'))
 
 # %% ../nbs/31_cli.ipynb #54aaf218
-def results_recipe() -> dict:
-    """The `run_training` options of the results chapters' runs: {} (the main job's defaults) for a reader, CI's
-    (`CI_RECIPE`) under nbdev_test; NONLOCAL_BOOK_RECIPE=book|ci decides. Both train on the main job's synthetic set
-    (generated once into the cache, under a lock)."""
+def results_recipe(asserted: bool = True) -> dict:
+    """The `run_training` options of the results chapters' runs: {} (the main job's defaults) for a reader; under nbdev_test
+    CI's, `CI_RECIPE` (the same training) for a run whose trained behaviour a chapter asserts, `CI_TABLE_RECIPE` (3 epochs)
+    for one only tabulated or plotted (`asserted=False`). NONLOCAL_BOOK_RECIPE=book|ci decides. All train on the main
+    job's synthetic set (generated once into the cache, under a lock)."""
     which = os.environ.get('NONLOCAL_BOOK_RECIPE') or ('ci' if os.environ.get('IN_TEST') else 'book')
     if which == 'book': return {}
     if which != 'ci': raise ValueError(f"NONLOCAL_BOOK_RECIPE={which!r}: expected 'book' (the main job's recipe) or 'ci'")
-    return dict(CI_RECIPE)
+    return dict(CI_RECIPE if asserted else CI_TABLE_RECIPE)
 
 def shared_run(op: str, folder, name: str = '', **options) -> dict:
     """`run_training(op, out=folder/name, **options)`'s results row, trained once: a finished run there is reused and an
