@@ -85,3 +85,28 @@ def test_onnx_export_runs_in_onnxruntime_to_the_eager_result(name):
     got = export()
     assert got.shape == want.shape
     torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('way', ['compile', 'onnx'])
+def test_rnl_grouped_region_form_compiles_and_exports(way):
+    """RNL's F_θ in its grouped form (`grouped_depthwise`, what 'auto' takes from 256 channels on AVX-512 kernels): the
+    registered test sizes have fewer channels, so this form is checked here at 256, by hand."""
+    from nonlocal_book.ops.rnl import RegionAggregation
+    torch.manual_seed(0)
+    m, x = RegionAggregation(256, form='grouped').eval(), torch.randn(1, 256, 3, 6, 6)
+    with torch.no_grad():
+        want = m(x)
+        depthwise = RegionAggregation(256, form='depthwise').eval()
+        depthwise.load_state_dict(m.state_dict())
+        torch.testing.assert_close(want, depthwise(x), rtol=1e-5, atol=1e-5)       # the same function, eagerly
+        if way == 'compile':
+            torch.compiler.reset()
+            got = torch.compile(m, fullgraph=True, backend='eager')(x)
+        else:
+            ort = pytest.importorskip('onnxruntime'); pytest.importorskip('onnxscript')
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                program = torch.onnx.export(m, (x,), dynamo=True, verbose=False, report=False, verify=False)
+            sess = ort.InferenceSession(program.model_proto.SerializeToString(), providers=['CPUExecutionProvider'])
+            got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

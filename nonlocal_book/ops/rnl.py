@@ -12,7 +12,8 @@ from ..core import *
 from .nl import nl_literal, nl_weights, NLBlock, nl_macs
 
 # %% auto #0
-__all__ = ['REGIONS', 'REGION_INITS', 'RELATIONS', 'region_kernel', 'region_literal', 'region_aggregate', 'official_region_std',
+__all__ = ['REGIONS', 'GROUPED_WIDTH', 'GROUPED_MIN_CHANNELS', 'REGION_FORMS', 'REGION_INITS', 'RELATIONS', 'region_kernel',
+           'region_literal', 'region_aggregate', 'grouped_depthwise', 'region_conv_form', 'official_region_std',
            'RegionAggregation', 'rnl_literal', 'rnl_weights', 'rnl_attend', 'RNLBlock', 'AdditiveSE', 'SERNLBlock',
            'rnl_macs', 'textured_objects', 'own_object_mass', 'map_distance', 'rnl_params']
 
@@ -50,9 +51,10 @@ def region_literal(x, kernel=(3, 7, 7), u=None, op='sum'):
     return out
 
 # %% ../../nbs/03_rnl.ipynb #e17265b4
-def region_aggregate(x, region='conv', kernel=(3, 7, 7), weight=None):
+def region_aggregate(x, region='conv', kernel=(3, 7, 7), weight=None, form: str = 'auto'):
     """F_θ of the RNL paper on x (B, C, T, H, W), stride 1 and padding k//2: 'conv' a channel-wise convolution with
-    `weight` (C, 1, kT, kH, kW) (Eq. 3), 'avg' average pooling (Eq. 3 with u = 1/|N|), 'max' channel-wise max pooling."""
+    `weight` (C, 1, kT, kH, kW) (Eq. 3), 'avg' average pooling (Eq. 3 with u = 1/|N|), 'max' channel-wise max pooling.
+    `form`: how 'conv' runs (`region_conv_form`: 'auto', 'depthwise' or 'grouped'); all three give the same values."""
     _check_region(region)
     k = region_kernel(kernel)
     pad = (k[2] // 2, k[2] // 2, k[1] // 2, k[1] // 2, k[0] // 2, k[0] // 2)        # (W, H, T), both sides
@@ -62,9 +64,35 @@ def region_aggregate(x, region='conv', kernel=(3, 7, 7), weight=None):
     if weight is None or tuple(weight.shape) != (x.shape[1], 1, *k):
         raise ValueError(f"region='conv' needs a depthwise weight of shape {(x.shape[1], 1, *k)}, "
                          f"got {None if weight is None else tuple(weight.shape)}")
+    padding = (k[0] // 2, k[1] // 2, k[2] // 2)
+    if region_conv_form(x, form) == 'grouped': return grouped_depthwise(x, weight, padding)
     # channels-last: PyTorch's CPU depthwise conv3d on NCDHW has a pathologically slow weight gradient (10× and more here)
     x = x.contiguous(memory_format=torch.channels_last_3d)
-    return F.conv3d(x, weight, padding=(k[0] // 2, k[1] // 2, k[2] // 2), groups=x.shape[1])
+    return F.conv3d(x, weight, padding=padding, groups=x.shape[1])
+
+# %% ../../nbs/03_rnl.ipynb #a7e3c1d1
+GROUPED_WIDTH, GROUPED_MIN_CHANNELS = 16, 256
+_CPU_KERNELS = torch.backends.cpu.get_cpu_capability()      # 'AVX512', 'AVX2', ...: fixed when the process starts
+
+def grouped_depthwise(x, weight, padding, width: int = GROUPED_WIDTH):
+    """The channel-wise conv (`weight` (C, 1, kT, kH, kW)) as a grouped conv of `width` channels a group whose dense
+    weight (C, width, kT, kH, kW) is zero off its diagonal: the same sums, with zeros added, in another order."""
+    C, k = x.shape[1], weight.shape[2:]
+    if C % width: raise ValueError(f"grouped_depthwise: {C} channels do not split into groups of {width}")
+    dense = torch.diag_embed(rearrange(weight, '(g w) 1 kt kh kw -> g (kt kh kw) w', w=width))   # (G, K, w, w)
+    dense = rearrange(dense, 'g (kt kh kw) o i -> (g o) i kt kh kw', kt=k[0], kh=k[1], kw=k[2])
+    return F.conv3d(x, dense, padding=padding, groups=C // width)
+
+REGION_FORMS = ('auto', 'depthwise', 'grouped')
+
+def region_conv_form(x, form: str = 'auto') -> str:
+    """How to run the channel-wise conv on x: 'depthwise' (`groups = C`) or 'grouped' (`grouped_depthwise`). 'auto':
+    'grouped' on a CPU whose PyTorch runs AVX-512 kernels with C ≥ 256 channels (where it was measured faster), else 'depthwise'."""
+    if form not in REGION_FORMS: raise ValueError(f"unknown region conv form {form!r}; choose one of {REGION_FORMS}")
+    if form != 'auto': return form
+    big = x.shape[1] >= GROUPED_MIN_CHANNELS and x.shape[1] % GROUPED_WIDTH == 0
+    return 'grouped' if big and x.device.type == 'cpu' and _CPU_KERNELS == 'AVX512' else 'depthwise'
+
 
 # %% ../../nbs/03_rnl.ipynb #f140b7bb
 REGION_INITS = ('official', 'pytorch')
@@ -77,12 +105,13 @@ def official_region_std(channels: int, kernel=(3, 7, 7), group_width: int = 32) 
 
 class RegionAggregation(nn.Module):
     """F_θ: a channel-wise 3D convolution ('conv', Eq. 3, C·kT·kH·kW parameters), or average/max pooling ('avg'/'max', none).
-    `init='official'`: the kernel drawn uniformly at the official code's xavier scale; 'pytorch': PyTorch's depthwise default."""
-    def __init__(self, channels: int, region: str = 'conv', kernel=(3, 7, 7), init: str = 'official'):
+    `init='official'`: the kernel drawn uniformly at the official code's xavier scale; 'pytorch': PyTorch's depthwise default. `form`: how the conv runs (`region_conv_form`)."""
+    def __init__(self, channels: int, region: str = 'conv', kernel=(3, 7, 7), init: str = 'official', form: str = 'auto'):
         super().__init__()
         _check_region(region)
         if init not in REGION_INITS: raise ValueError(f"unknown region init {init!r}; choose one of {REGION_INITS}")
-        self.region, self.kernel, self.init = region, region_kernel(kernel), init
+        region_conv_form(torch.empty(0, 1), form)                                          # a bad form fails here
+        self.region, self.kernel, self.init, self.form = region, region_kernel(kernel), init, form
         if region == 'conv':
             weight = torch.empty(channels, 1, *self.kernel)
             if init == 'pytorch': nn.init.kaiming_uniform_(weight, a=5 ** 0.5)              # nn.Conv3d's default
@@ -92,7 +121,7 @@ class RegionAggregation(nn.Module):
             self.weight = nn.Parameter(weight)                                             # (C, 1, kT, kH, kW)
         else: self.register_parameter('weight', None)
 
-    def forward(self, x): return region_aggregate(x, self.region, self.kernel, self.weight)
+    def forward(self, x): return region_aggregate(x, self.region, self.kernel, self.weight, self.form)
 
     def extra_repr(self): return f"region={self.region!r}, kernel={self.kernel}" + (f", init={self.init!r}" if self.region == 'conv' else '')
 
