@@ -85,10 +85,13 @@ def grouped_depthwise(x, weight, padding, width: int = GROUPED_WIDTH):
 
 REGION_FORMS = ('auto', 'depthwise', 'grouped')
 
+def _check_form(form):
+    if form not in REGION_FORMS: raise ValueError(f"unknown region conv form {form!r}; choose one of {REGION_FORMS}")
+
 def region_conv_form(x, form: str = 'auto') -> str:
     """How to run the channel-wise conv on x: 'depthwise' (`groups = C`) or 'grouped' (`grouped_depthwise`). 'auto':
     'grouped' on a CPU whose PyTorch runs AVX-512 kernels with C ≥ 256 channels (where it was measured faster), else 'depthwise'."""
-    if form not in REGION_FORMS: raise ValueError(f"unknown region conv form {form!r}; choose one of {REGION_FORMS}")
+    _check_form(form)
     if form != 'auto': return form
     big = x.shape[1] >= GROUPED_MIN_CHANNELS and x.shape[1] % GROUPED_WIDTH == 0
     return 'grouped' if big and x.device.type == 'cpu' and _CPU_KERNELS == 'AVX512' else 'depthwise'
@@ -110,7 +113,7 @@ class RegionAggregation(nn.Module):
         super().__init__()
         _check_region(region)
         if init not in REGION_INITS: raise ValueError(f"unknown region init {init!r}; choose one of {REGION_INITS}")
-        region_conv_form(torch.empty(0, 1), form)                                          # a bad form fails here
+        _check_form(form)
         self.region, self.kernel, self.init, self.form = region, region_kernel(kernel), init, form
         if region == 'conv':
             weight = torch.empty(channels, 1, *self.kernel)
