@@ -12,8 +12,33 @@ def test_blockwise_equals_materialised(H, W, sh, sw, k, T):
     P = torch.rand(2, k, T, sh, sh, generator=g, dtype=torch.float64)
     Q = torch.rand(2, k, T, sw, sw, generator=g, dtype=torch.float64)
     Pf, Qf = kron_identity(P, H // sh), kron_identity(Q, W // sw)
-    torch.testing.assert_close(blockwise_transform(x, P, Q), bat_literal(x, Pf, Qf))
+    for columns in ('auto', 'block', 'kron'):
+        torch.testing.assert_close(blockwise_transform(x, P, Q, columns), bat_literal(x, Pf, Qf))
     torch.testing.assert_close(bilinear_transform(x, Pf, Qf), bat_literal(x, Pf, Qf))
+
+
+@pytest.mark.parametrize('H,W,sh,sw,k', [(6, 9, 3, 3, 2), (8, 4, 2, 4, 4), (14, 28, 7, 7, 4), (12, 10, 4, 5, 1)])
+def test_column_steps_same_gradients(H, W, sh, sw, k):
+    "The Kronecker column step and Figure 3's give the same gradients for x, P and Q (float64, a loss weighing each output)."
+    g = torch.Generator().manual_seed(H + W)
+    x = torch.randn(2, 4 * k, 2, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    P = torch.rand(2, k, 2, sh, sh, generator=g, dtype=torch.float64, requires_grad=True)
+    Q = torch.rand(2, k, 2, sw, sw, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4 * k, 2, H, W, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((blockwise_transform(x, P, Q, c) * w).sum(), (x, P, Q)) for c in ('block', 'kron')]
+    for a, b in zip(*grads): torch.testing.assert_close(a, b)
+
+
+def test_block_column_steps_agree_and_are_counted():
+    "A BATBlock gives the same output whichever column step it runs, and count_macs sees each step's own cost."
+    torch.manual_seed(0)
+    a, b = BATBlock(32, columns='block').double(), BATBlock(32, columns='kron').double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 32, 4, 14, 28, dtype=torch.float64)
+    torch.testing.assert_close(a.eval()(x), b.eval()(x))
+    macs = {c: count_macs(BATBlock(32, columns=c), x[:1].float()) for c in ('block', 'kron')}
+    assert macs['kron'] - macs['block'] == 16 * (4 * 14 * 28) * (28 - 7)                   # C·N·(W − s_w)
+    with pytest.raises(ValueError, match='unknown column step'): BATBlock(32, columns='fast')
 
 
 def test_temporal_block_equals_literal():
@@ -23,10 +48,10 @@ def test_temporal_block_equals_literal():
 
 
 @pytest.mark.parametrize('opts', [{}, {'k': 0}, {'k': 2, 's': (7, 14)}, {'k': 8, 'kt': 4}, {'resize': 'downsample', 's': 5},
-                                  {'resize': 'full', 's': (14, 28)}, {'reduced': 8, 'r': 4}])
+                                  {'resize': 'full', 's': (14, 28)}, {'reduced': 8, 'r': 4}, {'columns': 'block'}, {'columns': 'kron'}])
 def test_param_and_mac_formulas(opts):
     b = BATBlock(32, **opts)
-    assert count_params(b) == bat_params(32, **{k: v for k, v in opts.items() if k != 'resize'})
+    assert count_params(b) == bat_params(32, **{k: v for k, v in opts.items() if k not in ('resize', 'columns')})
     assert count_macs(b, torch.randn(1, 32, 4, 14, 28)) == bat_macs(32, 4, 14, 28, **opts)
 
 

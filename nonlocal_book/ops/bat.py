@@ -12,10 +12,10 @@ from fastcore.basics import patch
 from ..core import *
 
 # %% auto #0
-__all__ = ['NORMS', 'RESIZES', 'INITS', 'bat_literal', 'bilinear_transform', 'l1_normalise', 'normalise', 'row_pool', 'col_pool',
-           'pool_matrix', 'adaptive_mean', 'BATPredictor', 'kron_identity', 'blockwise_transform', 'BATransform',
-           'BATBlock', 'attention_weights', 'temporal_literal', 'temporal_transform', 'bat_params', 'bat_macs',
-           'table1_params', 'table1_macs', 'colour_probe']
+__all__ = ['NORMS', 'COLUMNS', 'KRON_MAX_REPEAT', 'RESIZES', 'INITS', 'bat_literal', 'bilinear_transform', 'l1_normalise',
+           'normalise', 'row_pool', 'col_pool', 'pool_matrix', 'adaptive_mean', 'BATPredictor', 'kron_identity',
+           'column_form', 'blockwise_transform', 'BATransform', 'BATBlock', 'attention_weights', 'temporal_literal',
+           'temporal_transform', 'bat_params', 'bat_macs', 'table1_params', 'table1_macs', 'colour_probe']
 
 # %% ../../nbs/02_bat.ipynb #3f227a7e
 def _pair(s): return (int(s), int(s)) if isinstance(s, int) else tuple(int(v) for v in s)
@@ -141,18 +141,38 @@ def _check_blocks(H, W, sh, sw):
             raise ValueError(f"block size s={s} must divide {name}={n} for resize='block'; pass resize='downsample' (any size)"
                              + (f" or an s dividing {n} (e.g. {', '.join(map(str, near))})" if near else ''))
 
-def blockwise_transform(x, P, Q):
+COLUMNS = ('auto', 'block', 'kron')
+KRON_MAX_REPEAT = 7        # 'auto': the Kronecker column step up to W / s_w = 7 (measured: Appendix: the column step)
+
+def column_form(W: int, sw: int, columns: str = 'auto') -> str:
+    """The column step `blockwise_transform` runs on a W-wide map with s_w × s_w matrices Q: 'block' (Q on whole column blocks,
+    s_w multiply-adds per output) or 'kron' (the right product with Q ⊗ I_{W/s_w}, W per output, on plain matrices);
+    'auto' takes 'kron' while W / s_w <= KRON_MAX_REPEAT."""
+    if columns not in COLUMNS: raise ValueError(f"unknown column step {columns!r}; choose one of {COLUMNS}")
+    if columns != 'auto': return columns
+    return 'kron' if W // sw <= KRON_MAX_REPEAT else 'block'
+
+# %% ../../nbs/02_bat.ipynb #f9f4b8b1
+def blockwise_transform(x, P, Q, columns: str = 'auto'):
     """Eq. 1 with block-based P (B, k, T, s_h, s_h) and Q (B, k, T, s_w, s_w) acting as P ⊗ I_{H/s_h} and Q ⊗ I_{W/s_w}
-    (Figure 3), without building them: P mixes whole blocks of rows, Q whole blocks of columns. s_h | H and s_w | W."""
+    (Figure 3), without building P ⊗ I: P mixes whole blocks of rows. `columns` (see `column_form`): Q mixes whole blocks of
+    columns ('block'), or Q ⊗ I (W × W per group and frame) multiplies from the right ('kron'). s_h | H and s_w | W."""
     k, sh, sw = P.shape[1], P.shape[-1], Q.shape[-1]
     _check_groups(x.shape[1], k)
-    _check_blocks(x.shape[-2], x.shape[-1], sh, sw)
-    p = x.shape[-2] // sh
+    H, W = x.shape[-2:]
+    _check_blocks(H, W, sh, sw)
+    p, c = H // sh, x.shape[1] // k
+    if column_form(W, sw, columns) == 'kron':
+        y = rearrange(x, 'b (g c) t (i p) w -> b g t i (c p w)', g=k, i=sh)             # a copy: (sample, group, frame) outermost
+        y = P @ y                                                                       # row block a <- Σ_i P[a, i] row block i
+        y = rearrange(y, 'b g t a (c p w) -> b g t (a c p) w', c=c, p=p) @ kron_identity(Q, W // sw)   # a view, then · (Q ⊗ I)
+        return rearrange(y, 'b g t (a c p) w -> b (g c) t (a p) w', c=c, p=p)           # a copy back
     y = rearrange(x, 'b (g c) t (i p) w -> b g c t i (p w)', g=k, i=sh)                  # a view: row block i as one long row
     y = rearrange(P, 'b g t a i -> b g 1 t a i') @ y                                    # row block a <- Σ_i P[a, i] row block i
     y = rearrange(y, 'b g c t a (p j q) -> b g c t j (a p q)', p=p, j=sw)               # column block j as one long row (a copy)
     y = rearrange(Q, 'b g t j e -> b g 1 t e j') @ y                                    # column block e <- Σ_j Q[j, e] column block j
     return rearrange(y, 'b g c t e (a p q) -> b (g c) t (a p) (e q)', a=sh, p=p)        # (one name: each step frees the last)
+
 
 # %% ../../nbs/02_bat.ipynb #57884742
 RESIZES = ('block', 'full', 'downsample')
@@ -160,17 +180,19 @@ RESIZES = ('block', 'full', 'downsample')
 class BATransform(nn.Module):
     """The BA-Transform of a BAT block on C channels: predict (P, Q) per group (and T per temporal group), apply Eq. 1 (and Eq. 7),
     then the transform's own 1×1 conv, BN, ReLU. `resize`: 'block' (P ⊗ I, Figure 3; s | H, W), 'full' (P is H×H: build with
-    s=(H, W)), 'downsample' (the whole transform on the s_h×s_w average-pooled map X^ds, then bilinear upsampling). k=0: P = Q = I (Table 4's baseline)."""
+    s=(H, W)), 'downsample' (the whole transform on the s_h×s_w average-pooled map X^ds, then bilinear upsampling). k=0: P = Q = I (Table 4's baseline).
+    `columns`: the column step of 'block' (`column_form`)."""
     def __init__(self, channels: int, k: int = 4, s=7, resize: str = 'block', norm: str = 'sigmoid', reduced: int | None = None,
-                 kt: int = 0, ts: int = 4):
+                 kt: int = 0, ts: int = 4, columns: str = 'auto'):
         super().__init__()
         if resize not in RESIZES: raise ValueError(f"unknown resize {resize!r}; choose one of {RESIZES}")
+        column_form(1, 1, columns)                                                  # the check
         if k < 0 or kt < 0: raise ValueError(f"group counts must be >= 0; got k={k}, kt={kt}")
         for g, name in ((k, 'k'), (kt, 'kt')):
             if g and channels % g:
                 raise ValueError(f"the transform's {channels} channels cannot be split into {name}={g} groups; choose {name} dividing "
                                  f"{channels} (the block's channels / r)")
-        self.channels, self.k, self.kt, self.resize = channels, k, kt, resize
+        self.channels, self.k, self.kt, self.resize, self.columns = channels, k, kt, resize, columns
         self.sh, self.sw = _pair(s)
         self.predictor = BATPredictor(channels, k, s, reduced, kt, ts, norm) if (k or kt) else None
         self.conv = nn.Sequential(nn.Conv3d(channels, channels, 1), nn.BatchNorm3d(channels), nn.ReLU())
@@ -178,7 +200,7 @@ class BATransform(nn.Module):
     def spatial(self, x, P, Q):
         "Eq. 1 at the transform's working size: blockwise (Figure 3), full H×H, W×W matrices, or s_h×s_w matrices on X^ds."
         H, W = x.shape[-2:]
-        if self.resize == 'block': return blockwise_transform(x, P, Q)
+        if self.resize == 'block': return blockwise_transform(x, P, Q, self.columns)
         if (H, W) != (self.sh, self.sw):
             if self.resize == 'full':
                 raise ValueError(f"resize='full' predicts P, Q at the size fixed when the block was built, s=({self.sh}, {self.sw}); "
@@ -219,16 +241,17 @@ class BATBlock(OperatorBlock):
     `k` spatial groups with s_h×s_w block matrices (`s` int or (s_h, s_w)), `resize` in 'block'/'full'/'downsample' (Table 2),
     `norm` in 'sigmoid' (official image code)/'softmax' (official video code)/'relu' (the paper), `kt` temporal groups with `ts`
     bins (3D BAT, Eq. 7; kt=0: none). `init='official'`: Kaiming convs, all BN weights 1; `init='identity'`: last BN weight 0 and
-    no ReLU after it, so the block starts as the identity. Input (B, D, T, H, W) or (B, D, H, W) (3D needs ts | T).
+    no ReLU after it, so the block starts as the identity. `columns`: Eq. 1's column step (`column_form`; same values).
+    Input (B, D, T, H, W) or (B, D, H, W) (3D needs ts | T).
     While recording, keeps P, Q (B, k, T, s_h, s_h / s_w, s_w), W (Eq. 8, B, k, T, H, W) and T (B, kt, ts, ts)."""
     def __init__(self, channels: int, r: int = 2, k: int = 4, s=7, resize: str = 'block', norm: str = 'sigmoid',
-                 reduced: int | None = None, kt: int = 0, ts: int = 4, dropout: float = 0.2, init: str = 'official'):
+                 reduced: int | None = None, kt: int = 0, ts: int = 4, dropout: float = 0.2, init: str = 'official', columns: str = 'auto'):
         super().__init__()
         if init not in INITS: raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
         self.channels, self.init = channels, init
         inner = max(channels // r, 1)
         self.down = nn.Sequential(nn.Conv3d(channels, inner, 1), nn.BatchNorm3d(inner), nn.ReLU())
-        self.transform = BATransform(inner, k, s, resize, norm, reduced, kt, ts)
+        self.transform = BATransform(inner, k, s, resize, norm, reduced, kt, ts, columns)
         self.up = nn.Sequential(nn.Conv3d(inner, channels, 1), nn.BatchNorm3d(channels),
                                 nn.ReLU() if init == 'official' else nn.Identity())
         self.dropout = nn.Dropout3d(dropout)
@@ -279,9 +302,10 @@ def temporal_transform(y, Tm):
     kt, ts = Tm.shape[1], Tm.shape[-1]
     _check_groups(y.shape[1], kt, 'the temporal transform')
     _check_frames(y.shape[2], ts)
-    yb = rearrange(y, 'b (g c) (u r) h w -> b g c u r h w', g=kt, u=ts)
-    z = einsum(Tm, yb, 'b g v u, b g c u r h w -> b g c v r h w')          # frame block v <- Σ_u T[v, u] frame block u
-    return rearrange(z, 'b g c v r h w -> b (g c) (v r) h w')
+    H = y.shape[3]
+    yb = rearrange(y, 'b (g c) (u r) h w -> b g c u (r h w)', g=kt, u=ts)     # a view: frame block u as one long row
+    z = rearrange(Tm, 'b g v u -> b g 1 v u') @ yb                            # frame block v <- Σ_u T[v, u] frame block u
+    return rearrange(z, 'b g c v (r h w) -> b (g c) (v r) h w', h=H, w=y.shape[4])
 
 # %% ../../nbs/02_bat.ipynb #b376951b
 def bat_params(channels: int, r: int = 2, k: int = 4, s=7, reduced: int | None = None, kt: int = 0, ts: int = 4) -> int:
@@ -297,10 +321,10 @@ def bat_params(channels: int, r: int = 2, k: int = 4, s=7, reduced: int | None =
     return n
 
 def bat_macs(channels: int, T: int, H: int, W: int, r: int = 2, k: int = 4, s=7, resize: str = 'block', reduced: int | None = None,
-             kt: int = 0, ts: int = 4, materialised: bool = False) -> int:
+             kt: int = 0, ts: int = 4, materialised: bool = False, columns: str = 'auto') -> int:
     """Multiply-adds of one BATBlock forward on one (T, H, W) clip, counted like `count_macs` (convolutions and matrix products).
-    `materialised=True` counts Eq. 1 with the full H×H, W×W matrices (the official code's way, Table 1's term).
-    `resize='downsample'`: the transform (predictor, Eq. 1, Eq. 7, its 1×1 conv) runs on T·s_h·s_w positions (Table 2)."""
+    `materialised=True`: Eq. 1 with full H×H, W×W matrices (the official code's way, Table 1's term). `columns` (`column_form`): 'block'
+    s_w per output, the paper's arithmetic; 'kron' W. `resize='downsample'`: the transform runs on T·s_h·s_w positions (Table 2)."""
     D, C, N = channels, max(channels // r, 1), T * H * W
     sh, sw = _pair(s)
     if resize == 'downsample': H, W = sh, sw                                       # the transform's working size: X^ds
@@ -311,7 +335,8 @@ def bat_macs(channels: int, T: int, H: int, W: int, r: int = 2, k: int = 4, s=7,
         n += n_in * C * Cp
         if k:
             n += T * k * Cp * (sh ** 3 + sw ** 3)                                 # [s_h, 1] and [1, s_w] convs on pooled features
-            n += C * n_in * ((H + W) if materialised else (sh + sw))              # Eq. 1: blockwise (full: s = H, W; downsample: H, W = s)
+            cols = W if materialised or column_form(W, sw, columns) == 'kron' else sw
+            n += C * n_in * ((H if materialised else sh) + cols)                  # Eq. 1: blockwise (full: s = H, W; downsample: H, W = s)
         if kt: n += kt * Cp * ts ** 3 + C * n_in * ts                              # [ts, 1, 1] conv; Eq. 7 blockwise
     return n
 
